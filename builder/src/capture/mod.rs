@@ -1,0 +1,534 @@
+//! Capture: runs the program under ptrace until glibc's ld.so has loaded, relocated and
+//! bound everything (the return from `_dl_start` into `_dl_start_user`), steering where it
+//! places things so that the image is compact, and reads the process into an [`Image`].
+//!
+//! Sequence:
+//! 1. spawn without ASLR (so two captures see the same addresses), stopped at ld.so's entry;
+//! 2. (x86-64) move the vDSO and ld.so next to the program's window and fix the auxv;
+//!    replace the AT_RANDOM bytes with a fixed pattern (no per-capture randomness);
+//! 3. run to the breakpoint at `_dl_start`'s return, rewriting the address hints of ld.so's
+//!    `mmap(NULL, ...)` calls and recording the kernel registrations ld.so makes;
+//! 4. read registers, mappings and memory; the tracee is killed and reaped.
+pub mod procfs;
+pub mod tracee;
+
+use crate::error::{capture_err, other, Result};
+use crate::image::{self, Image, Object, Region};
+use crate::program::{Arch, Program};
+use elfpack_stub::abi;
+use nix::sys::signal::Signal;
+use procfs::{Mapping, Memory};
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracee::{Stop, Tracee};
+
+/// The bytes that replace AT_RANDOM during capture. ld.so derives the stack-protector
+/// canary and the pointer guard from them, so the image holds these known values, which
+/// the builder finds and the stub replaces with values from each run's own AT_RANDOM.
+pub const RANDOM_PATTERN: [u8; 16] = [
+    0x9e, 0x37, 0x79, 0xb9, 0x7f, 0x4a, 0x7c, 0x15, 0xf3, 0x9c, 0xc0, 0x60, 0x5c, 0xed, 0xc8, 0x34,
+];
+
+/// How far above the program's own mappings the libraries start (x86-64): room for the
+/// heap, and the image stays well inside the 256 GiB that qemu-user can load.
+const HEAP_ROOM: u64 = 32 << 30;
+const GIB: u64 = 1 << 30;
+
+pub struct Options {
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    pub timeout: Duration,
+}
+
+/// The capture-time initial stack, for classifying pointers into it.
+#[derive(Clone, Debug, Default)]
+pub struct StackInfo {
+    pub lo: u64,
+    pub hi: u64,
+    pub sp: u64,
+    pub argv: Vec<(u64, usize)>,
+    pub envp: Vec<(u64, Vec<u8>)>,
+    pub auxv_addr: u64,
+    pub auxv: Vec<(u64, u64)>,
+}
+
+impl StackInfo {
+    pub fn aux(&self, tag: u64) -> Option<u64> {
+        self.auxv.iter().rev().find(|(t, _)| *t == tag).map(|&(_, v)| v)
+    }
+}
+
+/// What the capture hands to the image builder.
+pub struct Captured {
+    pub image: Image,
+    pub stack: StackInfo,
+    /// Memory read at capture, per region, is in `image.regions`.
+    pub warnings: Vec<String>,
+}
+
+/// Kernel registrations seen at system-call stops.
+#[derive(Default)]
+struct Recorded {
+    regs: abi::Registrations,
+    brk: Option<u64>,
+    thread_area: Option<abi::Tls>,
+}
+
+/// System-call numbers the capture looks at, per architecture of the tracee.
+struct Nrs {
+    mmap: Option<u64>,
+    brk: u64,
+    set_tid_address: u64,
+    set_robust_list: u64,
+    rseq: u64,
+    set_thread_area: Option<u64>,
+}
+
+const X86_64_NRS: Nrs =
+    Nrs { mmap: Some(9), brk: 12, set_tid_address: 218, set_robust_list: 273, rseq: 334, set_thread_area: None };
+const I386_NRS: Nrs = Nrs {
+    mmap: None,
+    brk: 45,
+    set_tid_address: 258,
+    set_robust_list: 311,
+    rseq: 386,
+    set_thread_area: Some(243),
+};
+
+const AT_PHDR: u64 = 3;
+const AT_PHENT: u64 = 4;
+const AT_PHNUM: u64 = 5;
+const AT_BASE: u64 = 7;
+const AT_ENTRY: u64 = 9;
+const AT_RANDOM: u64 = 25;
+const AT_SYSINFO: u64 = 32;
+const AT_SYSINFO_EHDR: u64 = 33;
+
+pub fn capture(prog: &Program, opts: &Options) -> Result<Captured> {
+    let mut t = Tracee::spawn(&prog.path, &opts.args, &opts.env)?;
+    let pid = t.pid.as_raw();
+    let word = prog.arch.word();
+    let mem = Memory::open(pid)?;
+
+    // A watchdog kills the tracee when the timeout expires; the wait below then returns.
+    let done = Arc::new(AtomicBool::new(false));
+    let fired = Arc::new(AtomicBool::new(false));
+    {
+        let (done, fired, timeout) = (done.clone(), fired.clone(), opts.timeout);
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while start.elapsed() < timeout {
+                if done.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !done.load(Ordering::Relaxed) {
+                fired.store(true, Ordering::Relaxed);
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        });
+    }
+    let result = run(&mut t, prog, &mem, word);
+    done.store(true, Ordering::Relaxed);
+    if fired.load(Ordering::Relaxed) {
+        return Err(capture_err!(
+            "capture timed out after {:?} (the program never reached the end of dynamic loading)",
+            opts.timeout
+        ));
+    }
+    result
+}
+
+fn read_stack(mem: &Memory, sp: u64, word: usize, maps: &[Mapping]) -> Result<StackInfo> {
+    let stack = maps
+        .iter()
+        .find(|m| m.start <= sp && sp < m.end)
+        .ok_or_else(|| capture_err!("stack pointer {sp:#x} is outside every mapping"))?;
+    let w = word as u64;
+    let argc = mem.read_word(sp, word)?;
+    let mut info = StackInfo { lo: stack.start, hi: stack.end, sp, ..Default::default() };
+    let strlen = |p: u64| -> Result<usize> {
+        let mut n = 0usize;
+        loop {
+            let chunk = mem.read(p + n as u64, 1)?;
+            if chunk[0] == 0 {
+                return Ok(n);
+            }
+            n += 1;
+        }
+    };
+    for i in 0..argc {
+        let p = mem.read_word(sp + w * (1 + i), word)?;
+        info.argv.push((p, strlen(p)?));
+    }
+    let mut a = sp + w * (argc + 2);
+    loop {
+        let p = mem.read_word(a, word)?;
+        a += w;
+        if p == 0 {
+            break;
+        }
+        let n = strlen(p)?;
+        info.envp.push((p, mem.read(p, n)?));
+    }
+    info.auxv_addr = a;
+    loop {
+        let tag = mem.read_word(a, word)?;
+        let val = mem.read_word(a + w, word)?;
+        info.auxv.push((tag, val));
+        a += 2 * w;
+        if tag == 0 {
+            break;
+        }
+    }
+    Ok(info)
+}
+
+/// Rewrites every auxv entry with `tag` on the tracee's stack.
+fn set_aux(mem: &Memory, info: &mut StackInfo, word: usize, tag: u64, value: u64) -> Result<()> {
+    for (i, e) in info.auxv.iter_mut().enumerate() {
+        if e.0 == tag {
+            e.1 = value;
+            mem.write_word(info.auxv_addr + (2 * i * word) as u64 + word as u64, word, value)?;
+        }
+    }
+    Ok(())
+}
+
+fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// Finds a `syscall` instruction (0f 05) inside an executable mapping in `range`.
+fn find_syscall_insn(mem: &Memory, maps: &[Mapping], pick: impl Fn(&Mapping) -> bool) -> Result<u64> {
+    for m in maps.iter().filter(|m| m.prot & image::PROT_EXEC != 0 && pick(m)) {
+        let bytes = mem.read(m.start, (m.end - m.start) as usize)?;
+        if let Some(off) = find_bytes(&bytes, &[0x0f, 0x05]) {
+            return Ok(m.start + off as u64);
+        }
+    }
+    Err(capture_err!("no syscall instruction found to move ld.so with"))
+}
+
+/// Moves a mapping with an injected mremap(MREMAP_MAYMOVE | MREMAP_FIXED).
+fn move_mapping(t: &mut Tracee, insn: u64, from: u64, len: u64, to: u64) -> Result<()> {
+    const MREMAP: u64 = 25;
+    let ret = t.inject_syscall(insn, MREMAP, [from, len, len, 3, to, 0])?;
+    if ret as u64 != to {
+        return Err(capture_err!("cannot move mapping {from:#x}+{len:#x} to {to:#x} (mremap: {ret})"));
+    }
+    Ok(())
+}
+
+struct Layout {
+    /// Next address hint for ld.so's `mmap(NULL, ...)`.
+    cursor: u64,
+    window: (u64, u64),
+}
+
+fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Captured> {
+    let pid = t.pid.as_raw();
+    let mut regs = t.regs()?;
+    let maps = procfs::maps(pid)?;
+    let sp = regs.rsp & if word == 4 { 0xffff_ffff } else { u64::MAX };
+    let mut stack = read_stack(mem, sp, word, &maps)?;
+    let at_entry = stack.aux(AT_ENTRY).ok_or_else(|| capture_err!("no AT_ENTRY"))?;
+    let at_phdr = stack.aux(AT_PHDR).ok_or_else(|| capture_err!("no AT_PHDR"))?;
+    let at_base = stack.aux(AT_BASE).unwrap_or(0);
+    if at_base == 0 {
+        return Err(capture_err!("the kernel started no program interpreter"));
+    }
+    let interp_path = maps
+        .iter()
+        .find(|m| m.start == at_base)
+        .map(|m| m.path.clone())
+        .ok_or_else(|| capture_err!("cannot find ld.so's mapping"))?;
+    let exe_path = maps
+        .iter()
+        .find(|m| m.start <= at_phdr && at_phdr < m.end)
+        .map(|m| m.path.clone())
+        .ok_or_else(|| capture_err!("cannot find the program's mapping"))?;
+    let mut warnings = Vec::new();
+
+    // 2. Layout: everything next to the program, on x86-64.
+    let mut layout = None;
+    let mut ldso_base = at_base;
+    if prog.arch == Arch::X86_64 {
+        let exe_hi = maps.iter().filter(|m| m.path == exe_path).map(|m| m.end).max().unwrap();
+        let window_lo = align_up(exe_hi, GIB) + HEAP_ROOM;
+        let vdso = maps.iter().find(|m| m.path == "[vdso]").cloned();
+        let ldso: Vec<Mapping> = {
+            // ld.so's file mappings and the anonymous bss that follows them.
+            let mut v: Vec<Mapping> = Vec::new();
+            for m in &maps {
+                if m.path == interp_path || (!v.is_empty() && m.path.is_empty() && m.start == v.last().unwrap().end) {
+                    v.push(m.clone());
+                }
+            }
+            v
+        };
+        let mut next = window_lo;
+        if let Some(v) = &vdso {
+            let insn = find_syscall_insn(mem, &maps, |m| m.path == interp_path)?;
+            move_mapping(t, insn, v.start, v.end - v.start, next)?;
+            let ehdr = next;
+            set_aux(mem, &mut stack, word, AT_SYSINFO_EHDR, ehdr)?;
+            next = align_up(next + (v.end - v.start) + 0x10000, 0x20_0000);
+        }
+        let insn = if vdso.is_some() {
+            let maps2 = procfs::maps(pid)?;
+            find_syscall_insn(mem, &maps2, |m| m.path == "[vdso]")?
+        } else {
+            return Err(capture_err!("the capture kernel gives no vDSO; cannot move ld.so"));
+        };
+        let lo = ldso.first().unwrap().start;
+        let hi = ldso.last().unwrap().end;
+        let delta = next - lo;
+        for m in &ldso {
+            move_mapping(t, insn, m.start, m.end - m.start, m.start + delta)?;
+        }
+        ldso_base = at_base + delta;
+        set_aux(mem, &mut stack, word, AT_BASE, ldso_base)?;
+        regs.rip += delta;
+        t.set_regs(regs)?;
+        let cursor = align_up(hi + delta + 0x10000, 0x20_0000);
+        layout = Some(Layout { cursor, window: (window_lo, window_lo + 200 * GIB) });
+    }
+    // No per-capture randomness in the image: see RANDOM_PATTERN.
+    let random = stack.aux(AT_RANDOM).ok_or_else(|| capture_err!("no AT_RANDOM"))?;
+    mem.write(random, &RANDOM_PATTERN)?;
+
+    // 3. Breakpoint where `_dl_start` returns into `_dl_start_user`: right after the first
+    // call at ld.so's entry (glibc `sysdeps/x86_64/dl-machine.h`, `sysdeps/i386/dl-machine.h`,
+    // RTLD_START).
+    let entry = regs.rip & if word == 4 { 0xffff_ffff } else { u64::MAX };
+    let head = mem.read(entry, 32)?;
+    let call = head
+        .iter()
+        .position(|&b| b == 0xe8)
+        .ok_or_else(|| capture_err!("ld.so's entry does not start with a call to _dl_start"))?;
+    let bp = entry + call as u64 + 5;
+    let orig = mem.read(bp, 1)?[0];
+    mem.write(bp, &[0xcc])?;
+
+    let nrs = if prog.arch == Arch::X86_64 { &X86_64_NRS } else { &I386_NRS };
+    let mut rec = Recorded::default();
+    let mut in_syscall = false;
+    let mut pending_hint: Option<(u64, u64)> = None;
+    let mut entry_regs = regs;
+    let mut sig = None;
+    loop {
+        t.resume_syscall(sig.take())?;
+        match t.wait()? {
+            Stop::Syscall => {
+                let r = t.regs()?;
+                if !in_syscall {
+                    entry_regs = r;
+                    if let (Some(mmap), Some(l)) = (nrs.mmap, layout.as_ref()) {
+                        const MAP_FIXED: u64 = 0x10;
+                        const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
+                        if r.orig_rax == mmap && r.rdi == 0 && r.r10 & (MAP_FIXED | MAP_FIXED_NOREPLACE) == 0 {
+                            let mut r2 = r;
+                            r2.rdi = l.cursor;
+                            t.set_regs(r2)?;
+                            pending_hint = Some((l.cursor, r.rsi));
+                        }
+                    }
+                } else {
+                    record(&mut rec, nrs, prog.arch, &entry_regs, &r, mem)?;
+                    if let (Some((hint, len)), Some(l)) = (pending_hint.take(), layout.as_mut()) {
+                        let got = r.rax as i64;
+                        if got >= 0 {
+                            let got = got as u64;
+                            if got != hint {
+                                warnings.push(format!("mmap placed {len:#x} bytes at {got:#x}, not at {hint:#x}"));
+                            }
+                            l.cursor = l.cursor.max(align_up(got + len, 0x10000));
+                        }
+                    }
+                }
+                in_syscall = !in_syscall;
+            }
+            Stop::Signal(Signal::SIGTRAP) => {
+                let mut r = t.regs()?;
+                if r.rip.wrapping_sub(1) & mask(word) != bp {
+                    continue;
+                }
+                mem.write(bp, &[orig])?;
+                r.rip = bp;
+                t.set_regs(r)?;
+                let ret = r.rax & mask(word);
+                if ret != at_entry {
+                    return Err(capture_err!(
+                        "ld.so returned {ret:#x} from _dl_start, not the program entry {at_entry:#x}; \
+                         this loader is not supported"
+                    ));
+                }
+                break;
+            }
+            Stop::Signal(s) => sig = Some(s),
+            Stop::Exited(code) => {
+                return Err(capture_err!(
+                    "{} could not be loaded: ld.so exited with status {code} before the program started",
+                    prog.path.display()
+                ))
+            }
+            Stop::Killed(s) => {
+                return Err(capture_err!("{} was killed by {s} during loading", prog.path.display()))
+            }
+        }
+    }
+
+    // 4. Snapshot.
+    let regs = t.regs()?;
+    let maps = procfs::maps(pid)?;
+    if let Some(l) = &layout {
+        for m in &maps {
+            let special = m.path.starts_with('[') && m.path != "[heap]";
+            let exe = m.path == exe_path;
+            if !special && !exe && m.path != "[heap]" && (m.start < l.window.0 || m.end > l.window.1) {
+                // Anonymous bss right after the program is part of the program.
+                let after_exe = maps.iter().any(|e| e.path == exe_path && e.end == m.start);
+                if !after_exe {
+                    return Err(other!(
+                        "could not keep the image compact: {} at {:#x}-{:#x} lies outside {:#x}-{:#x}",
+                        if m.path.is_empty() { "an anonymous mapping" } else { &m.path },
+                        m.start,
+                        m.end,
+                        l.window.0,
+                        l.window.1
+                    ));
+                }
+            }
+        }
+    }
+    let mut regions = Vec::new();
+    let mut objects: Vec<Object> = Vec::new();
+    let mut vdso = None;
+    for m in &maps {
+        match m.path.as_str() {
+            "[stack]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]" => continue,
+            "[vdso]" => vdso = Some((m.start, m.end)),
+            _ => {}
+        }
+        if m.start <= stack.sp && stack.sp < m.end {
+            continue;
+        }
+        let data = if m.prot == 0 { None } else { Some(mem.read(m.start, (m.end - m.start) as usize)?) };
+        let origin = if m.path == "[vdso]" { "[vdso proxy]".to_string() } else { m.path.clone() };
+        if m.path.starts_with('/') && !objects.iter().any(|o| o.path == m.path) {
+            objects.push(Object { path: m.path.clone(), base: m.start - m.offset });
+        }
+        regions.push(Region { start: m.start, end: m.end, prot: m.prot, origin, data });
+    }
+    let tls = match prog.arch {
+        Arch::X86_64 => abi::Tls { base: regs.fs_base, ..Default::default() },
+        Arch::I386 => {
+            let mut tls = rec.thread_area.ok_or_else(|| capture_err!("ld.so set up no TLS (set_thread_area)"))?;
+            tls.selector = regs.gs as u32;
+            tls
+        }
+    };
+    let start_brk = procfs::start_brk(pid)?;
+    let brk = rec.brk.unwrap_or(start_brk).max(start_brk);
+    let (start_code, end_code, start_data, end_data) = program_ranges(prog, at_phdr, &maps, &exe_path);
+    let enable_secure = crate::symbols::lookup_dynsym(&interp_path, "__libc_enable_secure")
+        .map(|v| v + ldso_base)
+        .unwrap_or(0);
+    let image = Image {
+        arch: prog.arch,
+        regions,
+        resume_pc: regs.rip & mask(word),
+        user_entry: at_entry,
+        at_phdr,
+        at_phnum: stack.aux(AT_PHNUM).unwrap_or(0),
+        at_phent: stack.aux(AT_PHENT).unwrap_or(0),
+        at_base: ldso_base,
+        tls,
+        regs: rec.regs,
+        mm: abi::MmLayout { start_code, end_code, start_data, end_data, start_brk, brk },
+        enable_secure,
+        fixups: Vec::new(),
+        vdso: vdso.map(|(start, end)| image::Vdso { start, end, entries: Vec::new() }),
+        stack_flags: prog.stack_flags,
+        objects,
+        cpu_needs: 0,
+        cpu_level: String::new(),
+    };
+    let _ = AT_SYSINFO;
+    Ok(Captured { image, stack, warnings })
+}
+
+fn mask(word: usize) -> u64 {
+    if word == 4 {
+        0xffff_ffff
+    } else {
+        u64::MAX
+    }
+}
+
+/// start_code/end_code/start_data/end_data as the kernel computed them for the original
+/// program (linux `fs/binfmt_elf.c`, `load_elf_binary`), from its PT_LOADs and load bias.
+fn program_ranges(prog: &Program, at_phdr: u64, maps: &[Mapping], exe_path: &str) -> (u64, u64, u64, u64) {
+    let lowest = maps.iter().filter(|m| m.path == exe_path).map(|m| m.start).min().unwrap_or(0);
+    let first_vaddr = prog.loads.iter().map(|l| l.0).min().unwrap_or(0) & !0xfff;
+    let bias = if prog.pie { lowest - first_vaddr } else { 0 };
+    let _ = at_phdr;
+    let (mut sc, mut ec, mut sd, mut ed) = (u64::MAX, 0, 0, 0);
+    for &(vaddr, _memsz, filesz, flags) in &prog.loads {
+        let k = vaddr + bias;
+        if flags & 1 != 0 && k < sc {
+            sc = k;
+        }
+        if k > sd {
+            sd = k;
+        }
+        let end = k + filesz;
+        if flags & 1 != 0 && end > ec {
+            ec = end;
+        }
+        if end > ed {
+            ed = end;
+        }
+    }
+    if sc == u64::MAX {
+        sc = 0;
+    }
+    (sc, ec, sd, ed)
+}
+
+/// Notes the kernel state a system call registered, at its exit stop.
+fn record(rec: &mut Recorded, nrs: &Nrs, arch: Arch, enter: &tracee::Regs, exit: &tracee::Regs, mem: &Memory) -> Result<()> {
+    let nr = enter.orig_rax;
+    let ok = (exit.rax as i64) >= 0 && (arch == Arch::X86_64 || (exit.rax as u32 as i32) >= 0);
+    // Arguments: rdi, rsi, rdx, r10 on x86-64; ebx, ecx, edx, esi on i386.
+    let a = match arch {
+        Arch::X86_64 => [enter.rdi, enter.rsi, enter.rdx, enter.r10],
+        Arch::I386 => [enter.rbx, enter.rcx, enter.rdx, enter.rsi],
+    };
+    if nr == nrs.brk {
+        rec.brk = Some(exit.rax & mask(arch.word()));
+    } else if !ok {
+    } else if nr == nrs.set_tid_address {
+        rec.regs.tid_address = a[0];
+    } else if nr == nrs.set_robust_list {
+        rec.regs.robust_list_head = a[0];
+        rec.regs.robust_list_len = a[1];
+    } else if nr == nrs.rseq && a[2] == 0 {
+        rec.regs.rseq_area = a[0];
+        rec.regs.rseq_len = a[1] as u32;
+        rec.regs.rseq_sig = a[3] as u32;
+    } else if Some(nr) == nrs.set_thread_area {
+        let d = mem.read(a[0], 16)?;
+        let f = |i: usize| u32::from_le_bytes(d[i..i + 4].try_into().unwrap());
+        rec.thread_area = Some(abi::Tls { entry: f(0), base: u64::from(f(4)), limit: f(8), flags: f(12), selector: 0 });
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Reading a stopped tracee through /proc: its mappings, memory and break.
+use crate::error::{capture_err, Result};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// One line of /proc/PID/maps.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u32,
+    pub offset: u64,
+    pub path: String,
+}
+
+pub fn maps(pid: i32) -> Result<Vec<Mapping>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map_err(|e| capture_err!("cannot read /proc/{pid}/maps: {e}"))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.splitn(6, ' ');
+        let (Some(range), Some(perms), Some(offset)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let (_dev, _inode) = (f.next(), f.next());
+        let path = f.next().unwrap_or("").trim().to_string();
+        let Some((a, b)) = range.split_once('-') else { continue };
+        let p = perms.as_bytes();
+        let prot = u32::from(p[0] == b'r') | (u32::from(p[1] == b'w') << 1) | (u32::from(p[2] == b'x') << 2);
+        out.push(Mapping {
+            start: u64::from_str_radix(a, 16).unwrap_or(0),
+            end: u64::from_str_radix(b, 16).unwrap_or(0),
+            prot,
+            offset: u64::from_str_radix(offset, 16).unwrap_or(0),
+            path,
+        });
+    }
+    Ok(out)
+}
+
+/// `start_brk` (field 47 of /proc/PID/stat).
+pub fn start_brk(pid: i32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| capture_err!("cannot read /proc/{pid}/stat: {e}"))?;
+    // The command name (field 2) may contain spaces; fields after its ')' are plain.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    rest.split_whitespace()
+        .nth(47 - 3)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| capture_err!("cannot parse /proc/{pid}/stat"))
+}
+
+/// The tracee's memory, read and written through /proc/PID/mem (which works on read-only
+/// pages of a ptrace-stopped tracee: linux `fs/proc/base.c`, `mem_rw` with FOLL_FORCE).
+pub struct Memory {
+    file: File,
+}
+
+impl Memory {
+    pub fn open(pid: i32) -> Result<Memory> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .map_err(|e| capture_err!("cannot open /proc/{pid}/mem: {e}"))?;
+        Ok(Memory { file })
+    }
+
+    pub fn read(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, addr)
+            .map_err(|e| capture_err!("cannot read tracee memory at {addr:#x}+{len:#x}: {e}"))?;
+        Ok(buf)
+    }
+
+    pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all_at(bytes, addr)
+            .map_err(|e| capture_err!("cannot write tracee memory at {addr:#x}: {e}"))
+    }
+
+    pub fn read_word(&self, addr: u64, word: usize) -> Result<u64> {
+        let b = self.read(addr, word)?;
+        let mut w = [0u8; 8];
+        w[..word].copy_from_slice(&b);
+        Ok(u64::from_le_bytes(w))
+    }
+
+    pub fn write_word(&self, addr: u64, word: usize, value: u64) -> Result<()> {
+        self.write(addr, &value.to_le_bytes()[..word])
+    }
+}

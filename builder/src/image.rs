@@ -1,0 +1,131 @@
+//! The captured process as plain data: memory regions, the resume point, thread state, the
+//! program break, the auxv values that describe the program, pointer fixups and the
+//! kernel registrations to replay. No I/O happens here; capture fills it, the writer reads it.
+use crate::program::Arch;
+use elfpack_stub::abi;
+
+/// Memory protection bits (PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4).
+pub type Prot = u32;
+pub const PROT_READ: Prot = 1;
+pub const PROT_WRITE: Prot = 2;
+pub const PROT_EXEC: Prot = 4;
+
+/// One mapping of the captured process.
+#[derive(Clone, Debug)]
+pub struct Region {
+    pub start: u64,
+    pub end: u64,
+    pub prot: Prot,
+    /// The file the mapping came from, `[heap]`, `[vdso proxy]`, or empty for anonymous.
+    pub origin: String,
+    /// The contents; `None` for reserved (PROT_NONE) ranges, whose contents nobody reads.
+    pub data: Option<Vec<u8>>,
+}
+
+impl Region {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn contains(&self, addr: u64) -> bool {
+        self.start <= addr && addr < self.end
+    }
+}
+
+/// A word of the image that the stub rewrites at every start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fixup {
+    pub addr: u64,
+    pub kind: u32,
+    pub arg: u32,
+    pub offset: u64,
+    /// Capture-time string referred to by `ENV_STRING` fixups ("NAME=value").
+    pub string: Option<Vec<u8>>,
+}
+
+/// A vDSO function entry of the proxy and the function it stands for.
+#[derive(Clone, Debug)]
+pub struct VdsoEntry {
+    /// Address of the function in the image's copy of the vDSO.
+    pub addr: u64,
+    pub func: u32,
+    pub name: String,
+}
+
+/// The captured vDSO: where it sits in the image and its function entries.
+#[derive(Clone, Debug, Default)]
+pub struct Vdso {
+    pub start: u64,
+    pub end: u64,
+    pub entries: Vec<VdsoEntry>,
+}
+
+/// A library (or the program, or ld.so) mapped in the image.
+#[derive(Clone, Debug)]
+pub struct Object {
+    pub path: String,
+    pub base: u64,
+}
+
+/// Everything the packed file must reproduce.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub arch: Arch,
+    pub regions: Vec<Region>,
+    pub resume_pc: u64,
+    /// AT_ENTRY of the original program (and the value `_dl_start` returned).
+    pub user_entry: u64,
+    pub at_phdr: u64,
+    pub at_phnum: u64,
+    pub at_phent: u64,
+    pub at_base: u64,
+    pub tls: abi::Tls,
+    pub regs: abi::Registrations,
+    pub mm: abi::MmLayout,
+    pub enable_secure: u64,
+    pub fixups: Vec<Fixup>,
+    pub vdso: Option<Vdso>,
+    /// PT_GNU_STACK flags of the original program.
+    pub stack_flags: u32,
+    pub objects: Vec<Object>,
+    pub cpu_needs: u64,
+    pub cpu_level: String,
+}
+
+impl Image {
+    pub fn region_of(&self, addr: u64) -> Option<&Region> {
+        self.regions.iter().find(|r| r.contains(addr))
+    }
+
+    /// Reads a native word at `addr` of the image.
+    pub fn read_word(&self, addr: u64) -> Option<u64> {
+        let r = self.region_of(addr)?;
+        let data = r.data.as_ref()?;
+        let off = (addr - r.start) as usize;
+        let w = self.arch.word();
+        let b = data.get(off..off + w)?;
+        Some(if w == 8 {
+            u64::from_le_bytes(b.try_into().unwrap())
+        } else {
+            u64::from(u32::from_le_bytes(b.try_into().unwrap()))
+        })
+    }
+
+    /// Writes `len` bytes at `addr`; false if the range is not captured data.
+    pub fn write_bytes(&mut self, addr: u64, bytes: &[u8]) -> bool {
+        let Some(r) = self.regions.iter_mut().find(|r| r.contains(addr)) else { return false };
+        let off = (addr - r.start) as usize;
+        match r.data.as_mut().and_then(|d| d.get_mut(off..off + bytes.len())) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn write_word(&mut self, addr: u64, value: u64) -> bool {
+        let w = self.arch.word();
+        let bytes = value.to_le_bytes();
+        self.write_bytes(addr, &bytes[..w])
+    }
+}

@@ -1,0 +1,213 @@
+//! `elfpack`: packs a dynamically linked Linux ELF program into one self-contained
+//! executable.
+//!
+//! Data flows one way: PROGRAM → [`capture`] (ptrace, /proc) → [`image`] (plain data) →
+//! [`fixups`] and [`vdso`] (what the stub must redo per run) → [`writer`] (ELF bytes, with
+//! the stub from [`stub_blob`]) → OUTPUT.
+mod capture;
+mod error;
+mod fixups;
+mod image;
+mod program;
+mod stub_blob;
+mod symbols;
+mod vdso;
+mod writer;
+
+use clap::{Parser, Subcommand};
+use error::{other, unpackable, Error, Result};
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const AFTER_HELP: &str = "\
+Exit status: 0 ok, 1 other failure, 2 usage error, 3 the program cannot be packed,
+4 capture failed (the program died, could not be loaded, or timed out).
+A packed program exits with 127 when its restore stub cannot start it.";
+
+#[derive(Parser)]
+#[command(name = "elfpack", version, about = "Pack a dynamically linked ELF program into one self-contained executable", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capture PROGRAM after dynamic loading and write a self-contained OUTPUT.
+    #[command(after_help = "Examples:\n  elfpack build /bin/ls -o ls.packed\n  elfpack build python3 -o py --timeout 30\n\n".to_string() + AFTER_HELP)]
+    Build(BuildArgs),
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// The program: a path, or a name looked up in PATH.
+    program: String,
+    /// Where to write the packed executable.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Give up the capture after this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Set KEY=VALUE in the environment of the capture only (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Remove KEY from the environment of the capture (repeatable).
+    #[arg(long = "unset-env", value_name = "KEY")]
+    unset_env: Vec<String>,
+    /// Print what was captured.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Print nothing but errors.
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Arguments for the capture run (the packed program uses its own at every run).
+    #[arg(last = true)]
+    args: Vec<OsString>,
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { error::EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Build(a) => build(&a),
+    };
+    if let Err(e) = result {
+        eprintln!("elfpack: {e}");
+        std::process::exit(e.exit_code());
+    }
+}
+
+fn capture_env(a: &BuildArgs) -> Result<Vec<(OsString, OsString)>> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let mut set = |k: &str, v: &str| {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.into(), v.into()));
+    };
+    // Bind every symbol now, so nothing is left for the lazy resolver after restore.
+    set("LD_BIND_NOW", "1");
+    for kv in &a.env {
+        let (k, v) = kv.split_once('=').ok_or_else(|| unpackable!("--env {kv}: expected KEY=VALUE"))?;
+        set(k, v);
+    }
+    env.retain(|(k, _)| !a.unset_env.iter().any(|u| k == u.as_str()));
+    Ok(env)
+}
+
+/// Refuses an OUTPUT that is the program itself or cannot be written, before capturing.
+fn check_output(output: &Path, program: &Path) -> Result<PathBuf> {
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if output.as_os_str().is_empty() || output.file_name().is_none() {
+        return Err(unpackable!("{}: not a file name", output.display()));
+    }
+    if let (Ok(o), Ok(p)) = (std::fs::metadata(output), std::fs::metadata(program)) {
+        if o.dev() == p.dev() && o.ino() == p.ino() {
+            return Err(unpackable!("{}: OUTPUT is the program itself; choose another name", output.display()));
+        }
+        if o.is_dir() {
+            return Err(unpackable!("{}: is a directory", output.display()));
+        }
+    }
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(unpackable!("{}: not a directory", dir.display())),
+        Err(e) => return Err(unpackable!("{}: {}", dir.display(), program::io_reason(&e))),
+    }
+    // Probe writability with the same kind of temporary file the final write uses.
+    tempfile::Builder::new()
+        .prefix(".elfpack-")
+        .tempfile_in(&dir)
+        .map_err(|e| unpackable!("{}: cannot write there: {}", dir.display(), program::io_reason(&e)))?;
+    Ok(dir)
+}
+
+fn build(a: &BuildArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let path = program::locate(&a.program)?;
+    let prog = program::inspect(&path)?;
+    let dir = check_output(&a.output, &path)?;
+    if !(a.timeout > 0.0 && a.timeout.is_finite()) {
+        return Err(unpackable!("--timeout must be a positive number of seconds"));
+    }
+    let mut argv = vec![OsString::from(&a.program)];
+    argv.extend(a.args.iter().cloned());
+    let opts = capture::Options {
+        args: argv,
+        env: capture_env(a)?,
+        timeout: Duration::from_secs_f64(a.timeout),
+    };
+    let t_capture = Instant::now();
+    let captured = capture::capture(&prog, &opts)?;
+    let capture_time = t_capture.elapsed();
+    let mut image = captured.image;
+    fixups::find(&mut image, &captured.stack)?;
+    let unknown = vdso::find_entries(&mut image)?;
+    let t_write = Instant::now();
+    let (bytes, stats) = writer::write(&mut image)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".elfpack-")
+        .tempfile_in(&dir)
+        .map_err(|e| other!("{}: {}", dir.display(), program::io_reason(&e)))?;
+    tmp.write_all(&bytes).map_err(|e| other!("writing {}: {}", a.output.display(), program::io_reason(&e)))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| other!("{}: {}", a.output.display(), program::io_reason(&e)))?;
+    tmp.persist(&a.output).map_err(|e| other!("{}: {}", a.output.display(), program::io_reason(&e.error)))?;
+    if a.verbose {
+        for w in &captured.warnings {
+            eprintln!("elfpack: note: {w}");
+        }
+        if !unknown.is_empty() {
+            eprintln!("elfpack: note: vDSO functions left as they are: {}", unknown.join(", "));
+        }
+        for r in &image.regions {
+            eprintln!(
+                "  {:#014x}-{:#014x} {}{}{} {}",
+                r.start,
+                r.end,
+                if r.prot & 1 != 0 { 'r' } else { '-' },
+                if r.prot & 2 != 0 { 'w' } else { '-' },
+                if r.prot & 4 != 0 { 'x' } else { '-' },
+                r.origin
+            );
+        }
+        eprintln!(
+            "elfpack: {} regions, {} fixups, {} vDSO entries; {} bytes stored, {} zero-filled, {} segments; stub {} bytes at {:#x}",
+            image.regions.len(),
+            image.fixups.len(),
+            image.vdso.as_ref().map_or(0, |v| v.entries.len()),
+            stats.stored,
+            stats.zero,
+            stats.segments,
+            stats.stub_size,
+            stats.stub_base
+        );
+        eprintln!(
+            "elfpack: capture {:.1} ms, write {:.1} ms, total {:.1} ms",
+            capture_time.as_secs_f64() * 1e3,
+            t_write.elapsed().as_secs_f64() * 1e3,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    } else if !a.quiet {
+        eprintln!(
+            "elfpack: packed {} ({}) into {} ({} bytes)",
+            prog.path.display(),
+            prog.arch.name(),
+            a.output.display(),
+            stats.file_size
+        );
+    }
+    let _: Option<Error> = None;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The input program: finding it like a shell would and deciding whether it can be packed.
+use crate::error::{unpackable, Result};
+use goblin::elf::{header, program_header as ph, Elf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Architectures elfpack packs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    I386,
+}
+
+impl Arch {
+    pub fn word(self) -> usize {
+        match self {
+            Arch::X86_64 => 8,
+            Arch::I386 => 4,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86-64",
+            Arch::I386 => "i386",
+        }
+    }
+    pub fn e_machine(self) -> u16 {
+        match self {
+            Arch::X86_64 => header::EM_X86_64,
+            Arch::I386 => header::EM_386,
+        }
+    }
+}
+
+/// What elfpack needs to know about the input before running it.
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub path: PathBuf,
+    pub arch: Arch,
+    pub pie: bool,
+    pub interp: String,
+    /// Flags of PT_GNU_STACK (PF_R | PF_W, plus PF_X for an executable stack).
+    pub stack_flags: u32,
+    /// The program's PT_LOAD segments as (vaddr, memsz, filesz, flags), link-time addresses.
+    pub loads: Vec<(u64, u64, u64, u32)>,
+}
+
+/// Finds PROGRAM as a shell would: a name with a slash is a path, others are looked up in
+/// PATH.
+pub fn locate(name: &str) -> Result<PathBuf> {
+    if name.is_empty() {
+        return Err(unpackable!("empty program name"));
+    }
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let cand = dir.join(name);
+        if let Ok(md) = std::fs::metadata(&cand) {
+            if md.is_file() && md.permissions().mode() & 0o111 != 0 {
+                return Ok(cand);
+            }
+        }
+    }
+    Err(unpackable!("{name}: not found in PATH"))
+}
+
+/// Reads and checks the program.
+pub fn inspect(path: &Path) -> Result<Program> {
+    let shown = path.display();
+    let md = std::fs::metadata(path).map_err(|e| unpackable!("{shown}: {}", io_reason(&e)))?;
+    if md.is_dir() {
+        return Err(unpackable!("{shown}: is a directory"));
+    }
+    if !md.is_file() {
+        return Err(unpackable!("{shown}: not a regular file"));
+    }
+    let mode = md.permissions().mode();
+    if mode & 0o4000 != 0 || mode & 0o2000 != 0 {
+        return Err(unpackable!(
+            "{shown}: is setuid/setgid; elfpack refuses to pack privileged programs"
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| unpackable!("{shown}: {}", io_reason(&e)))?;
+    if bytes.starts_with(b"#!") {
+        return Err(unpackable!("{shown}: is a script, not an ELF program; pack its interpreter"));
+    }
+    if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
+        return Err(unpackable!("{shown}: not an ELF file"));
+    }
+    let elf = Elf::parse(&bytes).map_err(|e| unpackable!("{shown}: truncated or malformed ELF ({e})"))?;
+    let arch = match (elf.is_64, elf.header.e_machine) {
+        (true, header::EM_X86_64) => Arch::X86_64,
+        (false, header::EM_386) => Arch::I386,
+        (is64, m) => {
+            return Err(unpackable!(
+                "{shown}: unsupported architecture ({}-bit, {}); elfpack packs x86-64 and i386 programs",
+                if is64 { 64 } else { 32 },
+                header::machine_to_str(m)
+            ))
+        }
+    };
+    if !elf.little_endian {
+        return Err(unpackable!("{shown}: big-endian ELF"));
+    }
+    for p in &elf.program_headers {
+        let end = p.p_offset.checked_add(p.p_filesz);
+        if end.is_none_or(|e| e > bytes.len() as u64) {
+            return Err(unpackable!("{shown}: truncated ELF (a segment lies past the end of the file)"));
+        }
+    }
+    let interp = elf.interpreter.map(str::to_owned);
+    let is_pie = elf
+        .dynamic
+        .as_ref()
+        .is_some_and(|d| d.info.flags_1 & goblin::elf::dynamic::DF_1_PIE != 0);
+    match elf.header.e_type {
+        header::ET_EXEC => {}
+        header::ET_DYN if is_pie || (interp.is_some() && elf.entry != 0 && elf.soname.is_none()) => {}
+        header::ET_DYN => {
+            return Err(unpackable!("{shown}: is a shared library, not a program"));
+        }
+        t => return Err(unpackable!("{shown}: not an executable (ELF type {})", header::et_to_str(t))),
+    }
+    let Some(interp) = interp else {
+        return Err(unpackable!("{shown}: is already statically linked; it needs no packing"));
+    };
+    let stack_flags = elf
+        .program_headers
+        .iter()
+        .find(|p| p.p_type == ph::PT_GNU_STACK)
+        .map_or(ph::PF_R | ph::PF_W | ph::PF_X, |p| p.p_flags);
+    let loads = elf
+        .program_headers
+        .iter()
+        .filter(|p| p.p_type == ph::PT_LOAD)
+        .map(|p| (p.p_vaddr, p.p_memsz, p.p_filesz, p.p_flags))
+        .collect();
+    Ok(Program {
+        path: path.to_path_buf(),
+        arch,
+        pie: elf.header.e_type == header::ET_DYN,
+        interp,
+        stack_flags,
+        loads,
+    })
+}
+
+/// The reason of an I/O error, without Rust's "(os error N)" suffix.
+pub fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => {
+            let s = e.to_string();
+            s.split(" (os error").next().unwrap_or(&s).to_string()
+        }
+    }
+}

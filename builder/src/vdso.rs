@@ -1,0 +1,61 @@
+//! The vDSO proxy: the image keeps a copy of the capture-time vDSO (ld.so's link map of it,
+//! its symbol table and unwind data stay valid), and each function in it is replaced by an
+//! indirect jump through a slot that the stub fills at every start.
+use crate::error::{other, Result};
+use crate::image::{Image, VdsoEntry};
+use crate::program::Arch;
+use elfpack_stub::abi::vdso_fn;
+use goblin::elf::{sym, Elf};
+
+/// Lists the vDSO functions of the captured vDSO (one entry per address).
+pub fn find_entries(image: &mut Image) -> Result<Vec<String>> {
+    let Some(v) = image.vdso.clone() else { return Ok(Vec::new()) };
+    let region = image.region_of(v.start).ok_or_else(|| other!("vDSO region missing"))?;
+    let data = region.data.clone().ok_or_else(|| other!("vDSO not readable"))?;
+    let elf = Elf::parse(&data).map_err(|e| other!("captured vDSO is not ELF: {e}"))?;
+    let load_vaddr = elf
+        .program_headers
+        .iter()
+        .find(|p| p.p_type == goblin::elf::program_header::PT_LOAD)
+        .map_or(0, |p| p.p_vaddr);
+    let mut entries: Vec<VdsoEntry> = Vec::new();
+    let mut unknown = Vec::new();
+    for s in elf.dynsyms.iter() {
+        if s.st_type() != sym::STT_FUNC || s.st_value == 0 {
+            continue;
+        }
+        let name = elf.dynstrtab.get_at(s.st_name).unwrap_or("").to_string();
+        let addr = v.start + s.st_value - load_vaddr;
+        match vdso_fn::by_name(name.as_bytes()) {
+            Some(func) => {
+                if !entries.iter().any(|e| e.addr == addr) {
+                    entries.push(VdsoEntry { addr, func, name });
+                }
+            }
+            None => unknown.push(name),
+        }
+    }
+    entries.sort_by_key(|e| e.addr);
+    image.vdso.as_mut().unwrap().entries = entries;
+    Ok(unknown)
+}
+
+/// Writes the jump through `slot` at each entry of the proxy.
+pub fn patch(image: &mut Image, slots: &[(u64, u64)]) -> Result<()> {
+    for &(entry, slot) in slots {
+        let code: Vec<u8> = match image.arch {
+            // jmp *disp32(%rip)
+            Arch::X86_64 => {
+                let disp = slot as i64 - (entry as i64 + 6);
+                let disp = i32::try_from(disp).map_err(|_| other!("vDSO slot out of reach of the proxy"))?;
+                [&[0xff, 0x25][..], &disp.to_le_bytes()].concat()
+            }
+            // jmp *abs32
+            Arch::I386 => [&[0xff, 0x25][..], &(slot as u32).to_le_bytes()].concat(),
+        };
+        if !image.write_bytes(entry, &code) {
+            return Err(other!("cannot patch the vDSO proxy at {entry:#x}"));
+        }
+    }
+    Ok(())
+}

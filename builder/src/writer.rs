@@ -1,0 +1,308 @@
+//! The ELF writer: image + stub → the bytes of the packed executable.
+//!
+//! The output is an ET_EXEC with no PT_INTERP and no sections. Every image region becomes
+//! PT_LOAD segments mapped straight from the file (page-aligned offsets), except runs of
+//! zero pages, which become zero-fill segments that take no file space. The stub and the
+//! descriptor follow at an address no region uses. The output depends only on the image,
+//! so equal images give byte-identical files.
+use crate::error::{other, Result};
+use crate::image::{Image, PROT_EXEC, PROT_READ, PROT_WRITE};
+use crate::program::Arch;
+use crate::stub_blob;
+use elfpack_stub::abi::{self, bytes_of, Descriptor, Protect, Table, VdsoSlot};
+use goblin::container::{Container, Ctx, Endian};
+use goblin::elf::program_header::{ProgramHeader, PF_R, PF_W, PF_X, PT_GNU_STACK, PT_LOAD};
+use goblin::elf::Header;
+use scroll::ctx::IntoCtx;
+use scroll::Pwrite;
+
+const PAGE: u64 = 4096;
+/// Zero runs shorter than this many pages stay in the file (each elided run costs a
+/// segment, and the kernel accepts at most 64 KiB of program headers).
+const MIN_ZERO_RUN: usize = 2;
+
+/// Sizes, for `-v` and `inspect`.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub file_size: u64,
+    pub stored: u64,
+    pub zero: u64,
+    pub segments: usize,
+    pub stub_size: u64,
+    pub stub_base: u64,
+}
+
+struct Seg {
+    vaddr: u64,
+    memsz: u64,
+    data: Vec<u8>,
+    flags: u32,
+}
+
+fn pf(prot: u32) -> u32 {
+    (if prot & PROT_READ != 0 { PF_R } else { 0 })
+        | (if prot & PROT_WRITE != 0 { PF_W } else { 0 })
+        | (if prot & PROT_EXEC != 0 { PF_X } else { 0 })
+}
+
+fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// Splits the image into segments, and lists the protections the stub must set last.
+fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
+    let mut segs = Vec::new();
+    let mut protect = Vec::new();
+    let rw = PROT_READ | PROT_WRITE;
+    for r in &image.regions {
+        let written = image.fixups.iter().any(|f| r.contains(f.addr));
+        let prot = if written && r.prot & PROT_WRITE == 0 { r.prot | rw } else { r.prot };
+        if prot != r.prot {
+            protect.push(Protect { addr: r.start, len: r.len(), prot: r.prot, _pad: 0 });
+        }
+        let Some(data) = &r.data else {
+            segs.push(Seg { vaddr: r.start, memsz: r.len(), data: Vec::new(), flags: 0 });
+            protect.push(Protect { addr: r.start, len: r.len(), prot: 0, _pad: 0 });
+            continue;
+        };
+        let pages: Vec<&[u8]> = data.chunks(PAGE as usize).collect();
+        let zero: Vec<bool> = pages.iter().map(|p| p.iter().all(|&b| b == 0)).collect();
+        let mut i = 0;
+        while i < pages.len() {
+            let mut j = i;
+            while j < pages.len() && zero[j] == zero[i] {
+                j += 1;
+            }
+            let start = r.start + i as u64 * PAGE;
+            let len = (j - i) as u64 * PAGE;
+            let elide = zero[i] && (j - i >= min_zero_run || (j == pages.len() && prot == rw));
+            if elide {
+                // Trailing zeros of a read-write region extend the previous segment (bss).
+                match segs.last_mut() {
+                    Some(prev) if prot == rw && prev.flags == pf(prot) && prev.vaddr + prev.memsz == start && j == pages.len() => {
+                        prev.memsz += len
+                    }
+                    _ => {
+                        segs.push(Seg { vaddr: start, memsz: len, data: Vec::new(), flags: pf(prot) });
+                        if prot != rw {
+                            protect.push(Protect { addr: start, len, prot, _pad: 0 });
+                        }
+                    }
+                }
+            } else {
+                let bytes = data[i * PAGE as usize..j * PAGE as usize].to_vec();
+                match segs.last_mut() {
+                    Some(prev) if prev.flags == pf(prot) && prev.vaddr + prev.memsz == start && prev.memsz == prev.data.len() as u64 => {
+                        prev.data.extend_from_slice(&bytes);
+                        prev.memsz += len;
+                    }
+                    _ => segs.push(Seg { vaddr: start, memsz: len, data: bytes, flags: pf(prot) }),
+                }
+            }
+            i = j;
+        }
+    }
+    (segs, protect)
+}
+
+/// The descriptor blob: header and tables, laid out for address `at`.
+struct Blob {
+    bytes: Vec<u8>,
+}
+
+impl Blob {
+    fn align(&mut self) {
+        while self.bytes.len() % 8 != 0 {
+            self.bytes.push(0);
+        }
+    }
+    fn table<T: abi::Plain>(&mut self, items: &[T]) -> Table {
+        self.align();
+        let offset = self.bytes.len() as u64;
+        for it in items {
+            self.bytes.extend_from_slice(bytes_of(it));
+        }
+        Table { offset, count: items.len() as u64 }
+    }
+}
+
+/// Writes the packed file for `image`.
+pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
+    let arch = image.arch;
+    let word = arch.word() as u64;
+    let vdso_entries = image.vdso.as_ref().map(|v| v.entries.clone()).unwrap_or_default();
+
+    // Place the stub: above the image on x86-64 (the image's window is there, and the vDSO
+    // slots must be within reach of rip-relative jumps), below it on i386 (above lies the
+    // stack).
+    let lo = image.regions.iter().map(|r| r.start).min().unwrap_or(0);
+    let hi = image.regions.iter().map(|r| r.end).max().unwrap_or(0);
+    let probe = stub_blob::relocated(arch, 0)?;
+    let strings_len: usize = image.fixups.iter().filter_map(|f| f.string.as_ref()).map(Vec::len).sum::<usize>()
+        + image.cpu_level.len()
+        + 1;
+    let (segs0, protect0) = segments(image, MIN_ZERO_RUN);
+    let blob_estimate = abi::DESCRIPTOR_SIZE
+        + image.fixups.len() * 24
+        + vdso_entries.len() * (16 + 8)
+        + (protect0.len() + 1) * 24
+        + strings_len
+        + 64;
+    let total = probe.desc_offset + align_up(blob_estimate as u64, PAGE);
+    let stub_base = match arch {
+        Arch::X86_64 => align_up(hi, 0x10000) + 0x10000,
+        Arch::I386 => {
+            let b = (lo.saturating_sub(total + 0x10000)) & !0xffff;
+            if b < 0x10000 {
+                return Err(other!("no room below the image for the stub"));
+            }
+            b
+        }
+    };
+    let stub = stub_blob::relocated(arch, stub_base)?;
+    let desc_addr = stub_base + stub.desc_offset;
+
+    // The descriptor blob.
+    let mut blob = Blob { bytes: vec![0u8; abi::DESCRIPTOR_SIZE] };
+    let mut strings: Vec<u8> = Vec::new();
+    let mut fixups = Vec::new();
+    for f in &image.fixups {
+        let mut arg = f.arg;
+        if let Some(s) = &f.string {
+            arg = strings.len() as u32;
+            strings.extend_from_slice(s);
+        }
+        fixups.push(abi::Fixup { addr: f.addr, kind: f.kind, arg, offset: f.offset });
+    }
+    let cpu_level_name = strings.len() as u64;
+    strings.extend_from_slice(image.cpu_level.as_bytes());
+    strings.push(0);
+    let fixups_t = blob.table(&fixups);
+    // Slot words come first in a table of their own, so their addresses are known before
+    // the slot table is written.
+    blob.align();
+    let slots_at = blob.bytes.len() as u64;
+    blob.bytes.resize(blob.bytes.len() + vdso_entries.len() * 8, 0);
+    let slot_addr = |i: usize| desc_addr + slots_at + 8 * i as u64;
+    let slots: Vec<VdsoSlot> = vdso_entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| VdsoSlot { slot: slot_addr(i), func: e.func, _pad: 0 })
+        .collect();
+    let slots_t = blob.table(&slots);
+    crate::vdso::patch(
+        image,
+        &vdso_entries.iter().enumerate().map(|(i, e)| (e.addr, slot_addr(i))).collect::<Vec<_>>(),
+    )?;
+    let (segs, mut protect) = segments(image, MIN_ZERO_RUN);
+    debug_assert_eq!(segs.len(), segs0.len());
+    // The descriptor (with the vDSO slots) becomes read-only once the stub is done.
+    let blob_len_final = align_up(
+        (blob.bytes.len() + (protect.len() + 1) * 24 + strings.len() + 16) as u64,
+        PAGE,
+    );
+    protect.push(Protect { addr: desc_addr, len: blob_len_final, prot: PROT_READ, _pad: 0 });
+    let protect_t = blob.table(&protect);
+    blob.align();
+    let strings_t = Table { offset: blob.bytes.len() as u64, count: strings.len() as u64 };
+    blob.bytes.extend_from_slice(&strings);
+    blob.bytes.resize(blob_len_final as usize, 0);
+    if stub.desc_offset + blob_len_final > total && arch == Arch::I386 {
+        return Err(other!("descriptor larger than estimated"));
+    }
+    let d = Descriptor {
+        magic: abi::MAGIC,
+        version: abi::FORMAT_VERSION,
+        arch: u32::from(arch.e_machine()),
+        resume_pc: image.resume_pc,
+        user_entry: image.user_entry,
+        at_phdr: image.at_phdr,
+        at_phnum: image.at_phnum,
+        at_phent: image.at_phent,
+        at_base: image.at_base,
+        tls: image.tls,
+        regs: image.regs,
+        mm: image.mm,
+        enable_secure: image.enable_secure,
+        cpu_needs: image.cpu_needs,
+        fixups: fixups_t,
+        vdso_slots: slots_t,
+        protect: protect_t,
+        strings: strings_t,
+        cpu_level_name,
+    };
+    blob.bytes[..abi::DESCRIPTOR_SIZE].copy_from_slice(bytes_of(&d));
+
+    // All segments, in address order.
+    let mut all: Vec<Seg> = segs;
+    for (off, data, memsz, flags) in stub.segments {
+        all.push(Seg { vaddr: stub_base + off, memsz, data, flags });
+    }
+    all.push(Seg { vaddr: desc_addr, memsz: blob_len_final, data: blob.bytes, flags: PF_R | PF_W });
+    all.sort_by_key(|s| s.vaddr);
+    for w in all.windows(2) {
+        if w[0].vaddr + w[0].memsz > w[1].vaddr {
+            return Err(other!("internal error: segments overlap at {:#x}", w[1].vaddr));
+        }
+    }
+
+    // The file: ELF header and program headers, then each segment's bytes at an offset
+    // congruent to its address modulo the page size.
+    let (container, ehsize, phentsize) = match arch {
+        Arch::X86_64 => (Container::Big, 64u64, 56u64),
+        Arch::I386 => (Container::Little, 52, 32),
+    };
+    let ctx = Ctx::new(container, Endian::Little);
+    let phnum = all.len() as u64 + 1;
+    if phnum * phentsize > 65536 {
+        return Err(other!("the image needs {phnum} segments, more than the kernel accepts"));
+    }
+    let mut out = vec![0u8; (ehsize + phnum * phentsize) as usize];
+    let mut phdrs = Vec::new();
+    let mut stats = Stats { stub_size: stub.size, stub_base, ..Default::default() };
+    for s in &all {
+        let offset = if s.data.is_empty() {
+            0
+        } else {
+            let off = align_up(out.len() as u64, PAGE) + (s.vaddr % PAGE);
+            out.resize(off as usize, 0);
+            out.extend_from_slice(&s.data);
+            off
+        };
+        stats.stored += s.data.len() as u64;
+        stats.zero += s.memsz - s.data.len() as u64;
+        phdrs.push(ProgramHeader {
+            p_type: PT_LOAD,
+            p_flags: s.flags,
+            p_offset: offset,
+            p_vaddr: s.vaddr,
+            p_paddr: s.vaddr,
+            p_filesz: s.data.len() as u64,
+            p_memsz: s.memsz,
+            p_align: PAGE,
+        });
+    }
+    phdrs.push(ProgramHeader {
+        p_type: PT_GNU_STACK,
+        p_flags: image.stack_flags,
+        p_align: 16,
+        ..Default::default()
+    });
+    let mut h = Header::new(ctx);
+    h.e_type = goblin::elf::header::ET_EXEC;
+    h.e_machine = arch.e_machine();
+    h.e_entry = stub_base + stub.entry;
+    h.e_phoff = ehsize;
+    h.e_phnum = phnum as u16;
+    h.e_shoff = 0;
+    h.e_shnum = 0;
+    h.e_shstrndx = 0;
+    h.into_ctx(&mut out[..ehsize as usize], ctx);
+    for (i, p) in phdrs.into_iter().enumerate() {
+        out.pwrite_with(p, (ehsize + i as u64 * phentsize) as usize, ctx)
+            .map_err(|e| other!("writing program headers: {e}"))?;
+    }
+    stats.segments = all.len();
+    stats.file_size = out.len() as u64;
+    Ok((out, stats))
+}

@@ -1,0 +1,272 @@
+//! The packed-file descriptor: one `#[repr(C, align(8))]` header followed by tables.
+//!
+//! Every field is a little-endian `u64` or `u32` at a fixed offset, the same on i386 and
+//! x86-64, so the builder (always 64-bit) writes exactly what the 32-bit stub reads. Table
+//! offsets are relative to the start of the descriptor.
+
+/// First bytes of every descriptor.
+pub const MAGIC: [u8; 8] = *b"ELFPACK\0";
+/// Bumped whenever a layout below changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `e_machine` values, used as the descriptor's `arch`.
+pub const ARCH_X86_64: u32 = 62;
+pub const ARCH_I386: u32 = 3;
+
+/// A table inside the descriptor blob.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Table {
+    /// Byte offset from the start of the descriptor.
+    pub offset: u64,
+    /// Number of entries.
+    pub count: u64,
+}
+
+/// The thread pointer as ld.so set it up: `fs_base` on x86-64; on i386 the GDT entry
+/// installed by `set_thread_area` and the `%gs` selector that refers to it.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tls {
+    pub base: u64,
+    pub limit: u32,
+    /// `struct user_desc` flag bits (seg_32bit, contents, ..., useable), i386 only.
+    pub flags: u32,
+    /// GDT entry number on i386; unused on x86-64.
+    pub entry: u32,
+    /// Value of `%gs` on i386; unused on x86-64.
+    pub selector: u32,
+}
+
+/// Per-thread kernel registrations that ld.so made before the snapshot point and that a new
+/// process lacks. Zero addresses mean "was not registered".
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Registrations {
+    /// Argument of `set_tid_address`: glibc passes `&pd->tid`, and caches the result there.
+    pub tid_address: u64,
+    pub robust_list_head: u64,
+    pub robust_list_len: u64,
+    pub rseq_area: u64,
+    pub rseq_len: u32,
+    pub rseq_sig: u32,
+}
+
+/// Values for `prctl(PR_SET_MM, PR_SET_MM_MAP)` that the builder knows in advance.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmLayout {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    /// The program break as it was at capture.
+    pub start_brk: u64,
+    pub brk: u64,
+}
+
+/// The descriptor header.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Descriptor {
+    pub magic: [u8; 8],
+    pub version: u32,
+    pub arch: u32,
+    /// Where ld.so hands over (`_dl_start_user`).
+    pub resume_pc: u64,
+    /// The program's entry point: AT_ENTRY, and the value `_dl_start` returned.
+    pub user_entry: u64,
+    /// AT_PHDR / AT_PHNUM / AT_PHENT / AT_BASE of the original program.
+    pub at_phdr: u64,
+    pub at_phnum: u64,
+    pub at_phent: u64,
+    pub at_base: u64,
+    pub tls: Tls,
+    pub regs: Registrations,
+    pub mm: MmLayout,
+    /// Address of ld.so's `int __libc_enable_secure`, or 0.
+    pub enable_secure: u64,
+    /// CPU features the image needs (bits of [`cpu`]); 0 means none checked.
+    pub cpu_needs: u64,
+    /// [`Fixup`] entries, sorted by address.
+    pub fixups: Table,
+    /// [`VdsoSlot`] entries.
+    pub vdso_slots: Table,
+    /// [`Protect`] entries, applied last.
+    pub protect: Table,
+    /// Raw bytes referred to by fixups (NUL-terminated strings).
+    pub strings: Table,
+    /// Human-readable CPU level name (NUL-terminated, in `strings`), for error messages.
+    pub cpu_level_name: u64,
+}
+
+/// What a fixup word is set to at restore.
+pub mod fixup_kind {
+    /// `sp + offset`, where `sp` is the address of argc on this run's initial stack.
+    pub const STACK_ARGC: u32 = 1;
+    /// `&argv[0] + offset`.
+    pub const ARGV_ARRAY: u32 = 2;
+    /// `&envp[0] + offset`.
+    pub const ENVP_ARRAY: u32 = 3;
+    /// `&auxv[0] + offset`.
+    pub const AUXV_ARRAY: u32 = 4;
+    /// `argv[arg] + offset`, or an empty string when this run has fewer arguments.
+    pub const ARGV_STRING: u32 = 5;
+    /// The environment string whose name matches the capture-time string at
+    /// `strings + arg`, plus `offset`; the capture-time copy when this run lacks it.
+    pub const ENV_STRING: u32 = 6;
+    /// `getauxval(arg) + offset` for a pointer-valued auxv entry (AT_RANDOM, AT_PLATFORM, ...).
+    pub const AUX_POINTER: u32 = 7;
+    /// The stack-protector canary, derived from this run's AT_RANDOM.
+    pub const CANARY: u32 = 8;
+    /// The pointer guard, derived from this run's AT_RANDOM.
+    pub const POINTER_GUARD: u32 = 9;
+}
+
+/// One word of the image to rewrite at restore.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fixup {
+    pub addr: u64,
+    pub kind: u32,
+    pub arg: u32,
+    pub offset: u64,
+}
+
+/// vDSO functions the proxy knows. The proxy copy of the capture-time vDSO jumps through a
+/// slot for each; the stub points the slot at this kernel's symbol or at a syscall fallback.
+pub mod vdso_fn {
+    pub const CLOCK_GETTIME: u32 = 1;
+    pub const GETTIMEOFDAY: u32 = 2;
+    pub const TIME: u32 = 3;
+    pub const GETCPU: u32 = 4;
+    pub const CLOCK_GETRES: u32 = 5;
+    pub const GETRANDOM: u32 = 6;
+    /// i386 only: the system-call entry glibc calls through `%gs:0x10`.
+    pub const KERNEL_VSYSCALL: u32 = 7;
+    pub const SIGRETURN: u32 = 8;
+    pub const RT_SIGRETURN: u32 = 9;
+    /// i386 only: the 64-bit-time variants.
+    pub const CLOCK_GETTIME64: u32 = 10;
+    pub const CLOCK_GETRES_TIME64: u32 = 11;
+
+    /// The vDSO symbol names of each function (x86-64 and i386 spellings).
+    pub fn names(id: u32) -> &'static [&'static [u8]] {
+        match id {
+            CLOCK_GETTIME => &[b"__vdso_clock_gettime"],
+            GETTIMEOFDAY => &[b"__vdso_gettimeofday"],
+            TIME => &[b"__vdso_time"],
+            GETCPU => &[b"__vdso_getcpu"],
+            CLOCK_GETRES => &[b"__vdso_clock_getres"],
+            GETRANDOM => &[b"__vdso_getrandom"],
+            KERNEL_VSYSCALL => &[b"__kernel_vsyscall"],
+            SIGRETURN => &[b"__kernel_sigreturn"],
+            RT_SIGRETURN => &[b"__kernel_rt_sigreturn"],
+            CLOCK_GETTIME64 => &[b"__vdso_clock_gettime64"],
+            CLOCK_GETRES_TIME64 => &[b"__vdso_clock_getres_time64"],
+            _ => &[],
+        }
+    }
+
+    /// The function a vDSO symbol name belongs to (the plain weak aliases included).
+    pub fn by_name(name: &[u8]) -> Option<u32> {
+        Some(match name {
+            b"__vdso_clock_gettime" | b"clock_gettime" => CLOCK_GETTIME,
+            b"__vdso_clock_gettime64" => CLOCK_GETTIME64,
+            b"__vdso_clock_getres_time64" => CLOCK_GETRES_TIME64,
+            b"__vdso_gettimeofday" | b"gettimeofday" => GETTIMEOFDAY,
+            b"__vdso_time" | b"time" => TIME,
+            b"__vdso_getcpu" | b"getcpu" => GETCPU,
+            b"__vdso_clock_getres" | b"clock_getres" => CLOCK_GETRES,
+            b"__vdso_getrandom" | b"getrandom" => GETRANDOM,
+            b"__kernel_vsyscall" => KERNEL_VSYSCALL,
+            b"__kernel_sigreturn" => SIGRETURN,
+            b"__kernel_rt_sigreturn" => RT_SIGRETURN,
+            _ => return None,
+        })
+    }
+}
+
+/// A slot (one native word) that the proxy jumps through.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VdsoSlot {
+    pub slot: u64,
+    pub func: u32,
+    pub _pad: u32,
+}
+
+/// A range whose protection the stub sets last (`mprotect`), because the kernel maps
+/// zero-fill segments read-write, and because fixups wrote into read-only pages.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Protect {
+    pub addr: u64,
+    pub len: u64,
+    pub prot: u32,
+    pub _pad: u32,
+}
+
+/// CPU feature bits the stub can check with `cpuid`.
+pub mod cpu {
+    pub const SSE3: u64 = 1 << 0;
+    pub const SSSE3: u64 = 1 << 1;
+    pub const SSE4_1: u64 = 1 << 2;
+    pub const SSE4_2: u64 = 1 << 3;
+    pub const POPCNT: u64 = 1 << 4;
+    pub const CX16: u64 = 1 << 5;
+    pub const AVX: u64 = 1 << 6;
+    pub const AVX2: u64 = 1 << 7;
+    pub const BMI1: u64 = 1 << 8;
+    pub const BMI2: u64 = 1 << 9;
+    pub const FMA: u64 = 1 << 10;
+    pub const LZCNT: u64 = 1 << 11;
+    pub const MOVBE: u64 = 1 << 12;
+    pub const F16C: u64 = 1 << 13;
+    pub const AVX512F: u64 = 1 << 14;
+    pub const AVX512BW: u64 = 1 << 15;
+    pub const AVX512CD: u64 = 1 << 16;
+    pub const AVX512DQ: u64 = 1 << 17;
+    pub const AVX512VL: u64 = 1 << 18;
+    pub const XSAVE: u64 = 1 << 19;
+    pub const CMOV: u64 = 1 << 20;
+    pub const SSE2: u64 = 1 << 21;
+
+    /// Feature names, for messages, in bit order.
+    pub const NAMES: [&str; 22] = [
+        "SSE3", "SSSE3", "SSE4.1", "SSE4.2", "POPCNT", "CX16", "AVX", "AVX2", "BMI1", "BMI2",
+        "FMA", "LZCNT", "MOVBE", "F16C", "AVX512F", "AVX512BW", "AVX512CD", "AVX512DQ",
+        "AVX512VL", "XSAVE", "CMOV", "SSE2",
+    ];
+}
+
+/// Size in bytes of the descriptor header.
+pub const DESCRIPTOR_SIZE: usize = core::mem::size_of::<Descriptor>();
+
+const _: () = assert!(core::mem::size_of::<Fixup>() == 24);
+const _: () = assert!(core::mem::size_of::<VdsoSlot>() == 16);
+const _: () = assert!(core::mem::size_of::<Protect>() == 24);
+const _: () = assert!(DESCRIPTOR_SIZE % 8 == 0);
+
+/// Plain-data types of this module: `#[repr(C)]`, made of integers only, with no padding
+/// (their sizes equal the sum of their fields, see the assertions above).
+///
+/// # Safety
+/// Implement only for such types.
+pub unsafe trait Plain: Copy {}
+// SAFETY: all of these are repr(C) integer-only structs without padding.
+unsafe impl Plain for Descriptor {}
+unsafe impl Plain for Fixup {}
+unsafe impl Plain for VdsoSlot {}
+unsafe impl Plain for Protect {}
+
+/// The bytes of a plain-data value, for writing it into a packed file.
+pub fn bytes_of<T: Plain>(v: &T) -> &[u8] {
+    // SAFETY: `T: Plain` has no padding, so all its bytes are initialised.
+    unsafe { core::slice::from_raw_parts(v as *const T as *const u8, core::mem::size_of::<T>()) }
+}
+
+const _: () = assert!(core::mem::size_of::<Tls>() == 8 + 4 * 4);
+const _: () = assert!(core::mem::size_of::<Registrations>() == 4 * 8 + 2 * 4);
+const _: () = assert!(core::mem::size_of::<MmLayout>() == 6 * 8);
+const _: () = assert!(DESCRIPTOR_SIZE == 8 + 4 + 4 + 6 * 8 + 24 + 40 + 48 + 8 + 8 + 4 * 16 + 8);

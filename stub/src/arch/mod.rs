@@ -1,0 +1,12 @@
+//! Per-architecture code. Each module provides the same items: `_start`, `syscall6`,
+//! `set_thread_pointer`, `resume`, `vdso_fallback`, `cpuid`, `xgetbv0`.
+
+#[cfg(target_arch = "x86")]
+mod x86;
+#[cfg(target_arch = "x86")]
+pub use x86::*;
+
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+pub use x86_64::*;

@@ -1,0 +1,101 @@
+//! Step 0: refuse to start on a CPU that lacks a feature the image's code was chosen for
+//! (glibc picked IFUNC implementations on the capture CPU), instead of dying later with
+//! SIGILL.
+use crate::{arch, desc, fail, sys};
+use elfpack_stub::abi::{cpu::*, Descriptor};
+
+/// The features this CPU (and OS) offers, as `abi::cpu` bits.
+pub fn present() -> u64 {
+    let bit = |reg: u32, n: u32| reg & (1 << n) != 0;
+    let (max, ..) = arch::cpuid(0, 0);
+    let (_, _, c1, d1) = arch::cpuid(1, 0);
+    let mut f = 0;
+    let mut set = |cond: bool, b: u64| {
+        if cond {
+            f |= b
+        }
+    };
+    set(bit(d1, 15), CMOV);
+    set(bit(d1, 26), SSE2);
+    set(bit(c1, 0), SSE3);
+    set(bit(c1, 9), SSSE3);
+    set(bit(c1, 13), CX16);
+    set(bit(c1, 19), SSE4_1);
+    set(bit(c1, 20), SSE4_2);
+    set(bit(c1, 22), MOVBE);
+    set(bit(c1, 23), POPCNT);
+    set(bit(c1, 26), XSAVE);
+    // AVX state must be enabled by the OS too (Intel SDM vol. 1, 14.3 "Detection of
+    // Intel AVX instructions").
+    let xcr0 = if bit(c1, 27) { arch::xgetbv0() } else { 0 };
+    let avx_os = xcr0 & 0x6 == 0x6;
+    let avx512_os = xcr0 & 0xe6 == 0xe6;
+    set(bit(c1, 28) && avx_os, AVX);
+    set(bit(c1, 12) && avx_os, FMA);
+    set(bit(c1, 29) && avx_os, F16C);
+    if max >= 7 {
+        let (_, b7, _, _) = arch::cpuid(7, 0);
+        set(bit(b7, 3), BMI1);
+        set(bit(b7, 8), BMI2);
+        set(bit(b7, 5) && avx_os, AVX2);
+        set(bit(b7, 16) && avx512_os, AVX512F);
+        set(bit(b7, 17) && avx512_os, AVX512DQ);
+        set(bit(b7, 28) && avx512_os, AVX512CD);
+        set(bit(b7, 30) && avx512_os, AVX512BW);
+        set(bit(b7, 31) && avx512_os, AVX512VL);
+    }
+    let (maxext, ..) = arch::cpuid(0x8000_0000, 0);
+    if maxext >= 0x8000_0001 {
+        let (_, _, ce, _) = arch::cpuid(0x8000_0001, 0);
+        set(bit(ce, 5), LZCNT);
+    }
+    f
+}
+
+fn put_names(buf: &mut [u8], n: &mut usize, bits: u64) {
+    let mut first = true;
+    for (i, name) in NAMES.iter().enumerate() {
+        if bits & (1 << i) != 0 {
+            if !first {
+                push(buf, n, b", ");
+            }
+            first = false;
+            push(buf, n, name.as_bytes());
+        }
+    }
+}
+
+fn push(buf: &mut [u8], n: &mut usize, s: &[u8]) {
+    for &b in s {
+        if *n < buf.len() {
+            buf[*n] = b;
+            *n += 1;
+        }
+    }
+}
+
+/// Step 0.
+pub fn check(d: &'static Descriptor) {
+    if d.cpu_needs == 0 {
+        return;
+    }
+    let missing = d.cpu_needs & !present();
+    if missing == 0 {
+        return;
+    }
+    let mut buf = [0u8; 400];
+    let mut n = 0;
+    push(&mut buf, &mut n, b"elfpack: this program was packed for ");
+    let level = desc::string(d, d.cpu_level_name);
+    push(&mut buf, &mut n, unsafe {
+        // SAFETY: the level name is a NUL-terminated string of the descriptor.
+        core::slice::from_raw_parts(level, crate::stack::InitialStack::strlen(level))
+    });
+    push(&mut buf, &mut n, b" (needs ");
+    put_names(&mut buf, &mut n, d.cpu_needs);
+    push(&mut buf, &mut n, b"); this CPU lacks ");
+    put_names(&mut buf, &mut n, missing);
+    push(&mut buf, &mut n, " \u{2014} repack with --cpu baseline\n".as_bytes());
+    sys::write(2, &buf[..n]);
+    sys::exit_group(fail::EXIT_RESTORE_FAILED);
+}

@@ -1,0 +1,91 @@
+//! Step 5: the words of the image that held capture-time values which differ per run.
+//!
+//! ld.so stored pointers into its initial stack while starting (`_dl_argv`,
+//! `__libc_stack_end`, `__environ`, GLRO(dl_auxv), `_dl_platform`, ...; glibc
+//! `elf/dl-sysdep.c` `_dl_sysdep_start`, `elf/rtld.c` `dl_main`) and derived the stack
+//! protector canary and pointer guard from the AT_RANDOM bytes (`elf/rtld.c`
+//! `security_init`, `sysdeps/generic/dl-osinfo.h`). The builder found every such word and
+//! said what it points at; here each gets this run's value.
+use crate::{desc, stack::InitialStack};
+use elfpack_stub::abi::{fixup_kind as k, Descriptor, Fixup};
+use linux_raw_sys::auxvec as at;
+
+const WORD: usize = core::mem::size_of::<usize>();
+static EMPTY: u8 = 0;
+
+/// Reads a native word from this run's AT_RANDOM bytes.
+fn random_word(st: &InitialStack, index: usize) -> usize {
+    let p = st.aux(at::AT_RANDOM).unwrap_or(0);
+    if p == 0 {
+        crate::fail::fail("the kernel gave no AT_RANDOM", 0);
+    }
+    // SAFETY: AT_RANDOM points at 16 random bytes on the initial stack (linux
+    // `fs/binfmt_elf.c`, `create_elf_tables`); index * WORD + WORD <= 16 on both arches.
+    unsafe { ((p + index * WORD) as *const usize).read_unaligned() }
+}
+
+/// The environment string of this run whose name equals that of `capture`
+/// ("NAME=value"), if any.
+fn find_env(st: &InitialStack, capture: *const u8) -> Option<*const u8> {
+    // SAFETY: `capture` is a NUL-terminated string of the descriptor; environment strings
+    // are NUL-terminated.
+    unsafe {
+        let mut name_len = 0;
+        while *capture.add(name_len) != b'=' && *capture.add(name_len) != 0 {
+            name_len += 1;
+        }
+        (0..st.envc).map(|i| st.env(i)).find(|&e| {
+            (0..=name_len).all(|j| *e.add(j) == *capture.add(j))
+        })
+    }
+}
+
+/// The pointer `offset` bytes into the string at `s`, kept inside the string.
+fn into_string(s: *const u8, offset: u64) -> usize {
+    let len = InitialStack::strlen(s);
+    s as usize + (offset as usize).min(len)
+}
+
+fn value(d: &'static Descriptor, st: &InitialStack, f: &Fixup) -> usize {
+    let off = f.offset as usize;
+    match f.kind {
+        k::STACK_ARGC => st.sp as usize + off,
+        k::ARGV_ARRAY => st.argv as usize + off,
+        k::ENVP_ARRAY => st.envp as usize + off,
+        k::AUXV_ARRAY => st.auxv as usize + off,
+        k::ARGV_STRING => match st.arg(f.arg as usize) {
+            Some(s) => into_string(s, f.offset),
+            None => &EMPTY as *const u8 as usize,
+        },
+        k::ENV_STRING => {
+            let capture = desc::string(d, u64::from(f.arg));
+            into_string(find_env(st, capture).unwrap_or(capture), f.offset)
+        }
+        k::AUX_POINTER => match st.aux(f.arg) {
+            Some(p) if p != 0 => p + off,
+            _ => 0,
+        },
+        // glibc `sysdeps/generic/dl-osinfo.h` `_dl_setup_stack_chk_guard`: the first word of
+        // AT_RANDOM with its lowest byte cleared (little-endian).
+        k::CANARY => random_word(st, 0) & !0xff,
+        // `_dl_setup_pointer_guard`: the second word of AT_RANDOM.
+        k::POINTER_GUARD => random_word(st, 1),
+        _ => crate::fail::fail("packed file is corrupt (unknown fixup)", 0),
+    }
+}
+
+/// Step 5.
+pub fn apply(d: &'static Descriptor, st: &InitialStack) {
+    for f in desc::table::<Fixup>(d, d.fixups) {
+        let v = value(d, st, f);
+        // SAFETY: fixup addresses are word-aligned words of the image that the builder
+        // mapped writable (its `Protect` entries seal them afterwards).
+        unsafe { (f.addr as usize as *mut usize).write(v) };
+    }
+    if d.enable_secure != 0 {
+        let secure = st.aux(at::AT_SECURE).unwrap_or(0) != 0;
+        // SAFETY: `enable_secure` is the address of ld.so's `int __libc_enable_secure`
+        // (glibc `elf/enbl-secure.c`), in a writable page of the image.
+        unsafe { (d.enable_secure as usize as *mut i32).write(i32::from(secure)) };
+    }
+}

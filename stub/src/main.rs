@@ -1,0 +1,65 @@
+//! The elfpack restore stub.
+//!
+//! It runs first at every exec of a packed file, with no libc and no ld.so. The kernel has
+//! already mapped the captured image from the file (its PT_LOAD segments); the stub turns
+//! that into the process ld.so would have handed over at `_dl_start_user`, in the named
+//! steps of [`restore`], and jumps there. It allocates nothing and writes only to the
+//! image words its descriptor names.
+#![no_std]
+#![no_main]
+
+mod arch;
+mod cpu;
+mod desc;
+mod fail;
+mod fixups;
+mod mem;
+mod mm;
+mod protect;
+mod stack;
+mod sys;
+mod thread;
+mod vdso;
+
+/// The whole restore, in order. Called by `arch::_start` with the kernel's stack pointer.
+///
+/// # Safety
+/// `sp` is the initial stack pointer the kernel passed to the ELF entry point.
+pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
+    let d = desc::get();
+    // 0. Refuse a CPU that lacks what the image's code needs.
+    cpu::check(d);
+    // 1. Read this run's argc, argv, envp and auxv.
+    // SAFETY: forwarded from the caller.
+    let st = unsafe { stack::InitialStack::read(sp) };
+    // 2. The initial stack for `_dl_start_user`: this run's argv and envp, the auxv
+    //    entries that describe the program set to the original program's values.
+    stack::describe_program(&st, d);
+    // 3. Restore the program break (7. and publish this run's argument and environment
+    //    ranges: both are fields of the one prctl_mm_map).
+    mm::restore_brk_and_ranges(d, &st);
+    // 4. Point the image's vDSO functions at this kernel's vDSO, or at system calls.
+    vdso::connect(d, &st);
+    // 5. Redirect pointers into the capture-time stack; fresh canary and pointer guard;
+    //    `__libc_enable_secure` from AT_SECURE.
+    fixups::apply(d, &st);
+    // 6. Redo the per-thread kernel registrations: thread pointer, tid address, robust
+    //    list, rseq.
+    thread::register(d);
+    // Give every region its captured protection, now that the writes are done.
+    protect::seal(d);
+    // 8. Resume where ld.so hands over to the program.
+    // SAFETY: the descriptor's resume point is `_dl_start_user` of this image, and `sp`
+    // now holds the stack it expects.
+    unsafe { arch::resume(d.resume_pc as usize, sp as usize, d.user_entry as usize) }
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    fail::fail("internal error in the restore stub", 0)
+}
+
+/// The precompiled `core` refers to the unwinding personality routine even though the stub
+/// is built with `panic = "abort"` and never unwinds; this definition satisfies the link.
+#[no_mangle]
+pub extern "C" fn rust_eh_personality() {}

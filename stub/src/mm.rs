@@ -1,0 +1,63 @@
+//! Step 3 (and 7): the program break, and the mm's argument and environment ranges.
+//!
+//! `prctl(PR_SET_MM, PR_SET_MM_MAP)` sets all of the mm's layout fields in one call and
+//! needs no privilege when it does not change the exe file (linux `kernel/sys.c`,
+//! `prctl_set_mm_map`, `validate_prctl_map_addr`). It puts the break back where it was at
+//! capture, so that the heap continues where the image expects it, and it publishes this
+//! run's argument and environment ranges and auxv (the kernel's own strings, which the
+//! restored stack keeps using) for `/proc/self/cmdline`, `/proc/self/environ`, `ps` and
+//! `/proc/self/auxv`. Where it fails (qemu-user, kernels without
+//! CONFIG_CHECKPOINT_RESTORE), the kernel's break stays: libc has not read the break before
+//! the snapshot point (its `__curbrk` is still NULL there; glibc `misc/sbrk.c`), so malloc
+//! simply starts its heap at this run's break.
+use crate::{stack::InitialStack, sys};
+use elfpack_stub::abi::Descriptor;
+
+/// `struct prctl_mm_map` as the 64-bit kernel reads it, for both architectures: the kernel
+/// copies exactly `sizeof(struct prctl_mm_map)` = 104 bytes with a 64-bit `auxv` pointer,
+/// also from 32-bit callers (linux `include/uapi/linux/prctl.h`, `kernel/sys.c`).
+#[repr(C, align(8))]
+struct MmMap {
+    start_code: u64,
+    end_code: u64,
+    start_data: u64,
+    end_data: u64,
+    start_brk: u64,
+    brk: u64,
+    start_stack: u64,
+    arg_start: u64,
+    arg_end: u64,
+    env_start: u64,
+    env_end: u64,
+    auxv: u64,
+    auxv_size: u32,
+    exe_fd: u32,
+}
+const _: () = assert!(core::mem::size_of::<MmMap>() == 104);
+
+/// Steps 3 and 7 in one system call. Returns whether the kernel took the map.
+pub fn restore_brk_and_ranges(d: &Descriptor, st: &InitialStack) -> bool {
+    let (arg_start, arg_end, env_start, env_end) = st.strings_end();
+    let map = MmMap {
+        start_code: d.mm.start_code,
+        end_code: d.mm.end_code,
+        start_data: d.mm.start_data,
+        end_data: d.mm.end_data,
+        start_brk: d.mm.start_brk,
+        brk: d.mm.brk,
+        start_stack: st.sp as u64,
+        arg_start: arg_start as u64,
+        arg_end: arg_end as u64,
+        env_start: env_start as u64,
+        env_end: env_end as u64,
+        auxv: st.auxv as u64,
+        auxv_size: (st.auxc * 2 * core::mem::size_of::<usize>()) as u32,
+        exe_fd: u32::MAX,
+    };
+    use linux_raw_sys::prctl::{PR_SET_MM, PR_SET_MM_MAP};
+    // SAFETY: `map` is a complete prctl_mm_map; exe_fd = -1 leaves the exe file alone.
+    let ret = unsafe {
+        sys::prctl(PR_SET_MM, PR_SET_MM_MAP as usize, &map as *const MmMap as usize, 104, 0)
+    };
+    ret == 0
+}

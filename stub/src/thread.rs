@@ -1,0 +1,46 @@
+//! Step 6: the per-thread kernel registrations ld.so made before the snapshot point
+//! (glibc `sysdeps/nptl/dl-tls_init_tp.c`, `__tls_init_tp`): the thread pointer,
+//! `set_tid_address`, `set_robust_list`, `rseq`. A new process has none of them.
+use crate::{arch, arch::syscall6, fail};
+use elfpack_stub::abi::Descriptor;
+use linux_raw_sys::general as g;
+
+/// glibc's marker for "rseq registration failed" in `rseq_area.cpu_id`
+/// (`sysdeps/unix/sysv/linux/rseq-internal.h`, RSEQ_CPU_ID_REGISTRATION_FAILED).
+const RSEQ_CPU_ID_REGISTRATION_FAILED: u32 = (-2i32) as u32;
+
+pub fn register(d: &Descriptor) {
+    fail::check(arch::set_thread_pointer(&d.tls), "cannot install the thread pointer");
+    let r = &d.regs;
+    if r.tid_address != 0 {
+        // SAFETY: glibc passes `&pd->tid` to set_tid_address and stores the returned
+        // thread ID there (`__tls_init_tp`); the word is in a writable page of the TCB.
+        unsafe {
+            let tid = syscall6(g::__NR_set_tid_address, [r.tid_address as usize, 0, 0, 0, 0, 0]);
+            (r.tid_address as usize as *mut i32).write(tid as i32);
+        }
+    }
+    if r.robust_list_head != 0 {
+        // SAFETY: the head lies in the TCB; qemu-user may answer ENOSYS, as glibc tolerates.
+        unsafe {
+            syscall6(
+                g::__NR_set_robust_list,
+                [r.robust_list_head as usize, r.robust_list_len as usize, 0, 0, 0, 0],
+            )
+        };
+    }
+    if r.rseq_area != 0 {
+        // SAFETY: the area is the TCB's `struct rseq`, registered with glibc's signature.
+        let ret = unsafe {
+            syscall6(
+                g::__NR_rseq,
+                [r.rseq_area as usize, r.rseq_len as usize, 0, r.rseq_sig as usize, 0, 0],
+            )
+        };
+        if ret < 0 {
+            // As glibc does when registration fails: sched_getcpu() then asks the kernel.
+            // SAFETY: `cpu_id` is the second u32 of `struct rseq`.
+            unsafe { ((r.rseq_area as usize + 4) as *mut u32).write(RSEQ_CPU_ID_REGISTRATION_FAILED) };
+        }
+    }
+}
