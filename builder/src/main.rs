@@ -8,6 +8,7 @@ mod capture;
 mod error;
 mod fixups;
 mod image;
+mod normalize;
 mod program;
 mod stub_blob;
 mod symbols;
@@ -146,12 +147,21 @@ fn build(a: &BuildArgs) -> Result<()> {
         args: argv,
         env: capture_env(a)?,
         timeout: Duration::from_secs_f64(a.timeout),
+        last_cpu: false,
     };
     let t_capture = Instant::now();
     let captured = capture::capture(&prog, &opts)?;
     let capture_time = t_capture.elapsed();
     let mut image = captured.image;
     fixups::find(&mut image, &captured.stack)?;
+    normalize::reset_thread_state(&mut image);
+    // A second capture shows which words still vary from run to run.
+    let again = capture::capture(&prog, &capture::Options { last_cpu: true, ..opts })?;
+    let mut image2 = again.image;
+    fixups::find(&mut image2, &again.stack)?;
+    normalize::reset_thread_state(&mut image2);
+    let varying = normalize::zero_differences(&mut image, &image2)?;
+    drop(image2);
     let unknown = vdso::find_entries(&mut image)?;
     let t_write = Instant::now();
     let (bytes, stats) = writer::write(&mut image)?;
@@ -167,6 +177,10 @@ fn build(a: &BuildArgs) -> Result<()> {
     if a.verbose {
         for w in &captured.warnings {
             eprintln!("elfpack: note: {w}");
+        }
+        if !varying.is_empty() {
+            let list: Vec<String> = varying.iter().map(|a| format!("{a:#x}")).collect();
+            eprintln!("elfpack: note: zeroed words that differ between captures: {}", list.join(" "));
         }
         if !unknown.is_empty() {
             eprintln!("elfpack: note: vDSO functions left as they are: {}", unknown.join(", "));

@@ -40,6 +40,8 @@ pub struct Options {
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub timeout: Duration,
+    /// Run on the last allowed CPU instead of the first.
+    pub last_cpu: bool,
 }
 
 /// The capture-time initial stack, for classifying pointers into it.
@@ -107,7 +109,7 @@ const AT_SYSINFO: u64 = 32;
 const AT_SYSINFO_EHDR: u64 = 33;
 
 pub fn capture(prog: &Program, opts: &Options) -> Result<Captured> {
-    let mut t = Tracee::spawn(&prog.path, &opts.args, &opts.env)?;
+    let mut t = Tracee::spawn(&prog.path, &opts.args, &opts.env, opts.last_cpu)?;
     let pid = t.pid.as_raw();
     let word = prog.arch.word();
     let mem = Memory::open(pid)?;

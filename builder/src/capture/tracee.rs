@@ -33,17 +33,32 @@ pub enum Stop {
 impl Tracee {
     /// Starts `program` with `argv` and `env`, without address-space randomisation, stopped
     /// at the first instruction after execve (ld.so's entry).
-    pub fn spawn(program: &Path, argv: &[OsString], env: &[(OsString, OsString)]) -> Result<Tracee> {
+    pub fn spawn(program: &Path, argv: &[OsString], env: &[(OsString, OsString)], last_cpu: bool) -> Result<Tracee> {
         let mut cmd = Command::new(program);
         if let Some(a0) = argv.first() {
             cmd.arg0(a0);
         }
         cmd.args(argv.iter().skip(1)).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null());
-        // SAFETY: between fork and exec the closure only makes two system calls
-        // (ptrace(PTRACE_TRACEME) and personality(2)), both async-signal-safe.
+        // The capture runs on one fixed CPU (the first or the last allowed one): ld.so
+        // records CPUID results, and leaf 1 holds the APIC ID of the CPU it ran on.
+        let cpu = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok().and_then(|set| {
+            let mut allowed = (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false));
+            if last_cpu {
+                allowed.last()
+            } else {
+                allowed.next()
+            }
+        });
+        // SAFETY: between fork and exec the closure only makes system calls
+        // (sched_setaffinity, ptrace(PTRACE_TRACEME), personality(2)), all async-signal-safe.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if let Some(c) = cpu {
+                    let mut one = nix::sched::CpuSet::new();
+                    let _ = one.set(c);
+                    let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), &one);
+                }
                 ptrace::traceme().map_err(std::io::Error::from)?;
                 let p = nix::sys::personality::get().map_err(std::io::Error::from)?;
                 nix::sys::personality::set(p | nix::sys::personality::Persona::ADDR_NO_RANDOMIZE)

@@ -1,0 +1,60 @@
+//! Makes the image independent of the capture run, so that two builds of the same input
+//! give byte-identical files: the thread ID and rseq CPU numbers the kernel wrote are reset
+//! (the stub registers both afresh), and any other word that differs between two captures
+//! (ld.so's start-up timestamps for LD_DEBUG=statistics, or the APIC ID in the CPUID
+//! results it keeps: the two captures run on different CPUs) is zeroed byte by byte.
+use crate::error::{other, Result};
+use crate::image::Image;
+
+/// `struct rseq` field offsets (linux `include/uapi/linux/rseq.h`).
+const RSEQ_CPU_ID_START: u64 = 0;
+const RSEQ_CPU_ID: u64 = 4;
+const RSEQ_NODE_ID: u64 = 20;
+const RSEQ_MM_CID: u64 = 24;
+/// glibc's initial `cpu_id` value (RSEQ_CPU_ID_UNINITIALIZED).
+const RSEQ_CPU_ID_UNINITIALIZED: u32 = u32::MAX;
+
+/// Resets what the kernel wrote for the capture's own thread.
+pub fn reset_thread_state(image: &mut Image) {
+    let regs = image.regs;
+    if regs.tid_address != 0 {
+        image.write_bytes(regs.tid_address, &0u32.to_le_bytes());
+    }
+    if regs.rseq_area != 0 {
+        let a = regs.rseq_area;
+        image.write_bytes(a + RSEQ_CPU_ID_START, &0u32.to_le_bytes());
+        image.write_bytes(a + RSEQ_CPU_ID, &RSEQ_CPU_ID_UNINITIALIZED.to_le_bytes());
+        if regs.rseq_len >= 28 {
+            image.write_bytes(a + RSEQ_NODE_ID, &0u32.to_le_bytes());
+            image.write_bytes(a + RSEQ_MM_CID, &0u32.to_le_bytes());
+        }
+    }
+}
+
+/// Zeroes in `a` every byte that differs from `b`; returns the addresses of the words
+/// that held them.
+pub fn zero_differences(a: &mut Image, b: &Image) -> Result<Vec<u64>> {
+    let shape = |i: &Image| i.regions.iter().map(|r| (r.start, r.end, r.prot)).collect::<Vec<_>>();
+    if shape(a) != shape(b) || a.resume_pc != b.resume_pc || a.fixups != b.fixups {
+        return Err(other!("two captures of the program differ in layout; it cannot be packed reproducibly"));
+    }
+    let w = a.arch.word();
+    let mut diffs = Vec::new();
+    for (ra, rb) in a.regions.iter_mut().zip(&b.regions) {
+        let (Some(da), Some(db)) = (ra.data.as_mut(), rb.data.as_ref()) else { continue };
+        if da == db {
+            continue;
+        }
+        for (i, (wa, wb)) in da.chunks_exact_mut(w).zip(db.chunks_exact(w)).enumerate() {
+            if wa != wb {
+                for (x, y) in wa.iter_mut().zip(wb) {
+                    if x != y {
+                        *x = 0;
+                    }
+                }
+                diffs.push(ra.start + (i * w) as u64);
+            }
+        }
+    }
+    Ok(diffs)
+}
