@@ -1,1 +1,290 @@
+//! Harness for elfpack's end-to-end tests: the fixtures, packing them (once per input and
+//! options), and running packed files in each run mode next to the unpacked original.
+//!
+//! A missing tool (qemu-user, setarch, setpriv, chroot, taskset) is a test failure, never a
+//! skip: `tests/run` installs them.
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
 
+/// glibc tunables that make ld.so pick IFUNC implementations qemu's default CPU model can
+/// run (it lacks this host's AVX, AVX2, AVX-512, BMI2, ERMS, FSRM).
+pub const QEMU_TUNABLES: &str =
+    "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX2,-AVX,-ERMS,-FSRM,-BMI1,-BMI2,-LZCNT,-MOVBE,-FMA,-F16C";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arch {
+    X86_64,
+    I386,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::I386 => "i386",
+        }
+    }
+    pub fn qemu(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-x86_64",
+            Arch::I386 => "qemu-i386",
+        }
+    }
+    pub fn setarch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::I386 => "i386",
+        }
+    }
+}
+
+/// How a packed file is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Native,
+    /// `setarch -R`: no address-space randomisation.
+    NoAslr,
+    /// As uid/gid 65534 (the suite runs as root).
+    Nobody,
+    /// Chrooted into an empty directory holding only the packed file.
+    Chroot,
+    /// Under qemu-user.
+    Qemu,
+}
+
+pub const ALL_MODES: [Mode; 5] = [Mode::Native, Mode::NoAslr, Mode::Nobody, Mode::Chroot, Mode::Qemu];
+
+/// The elfpack binary under test: `ELFPACK_BIN`, else the one built next to this test.
+pub fn elfpack() -> PathBuf {
+    if let Some(p) = std::env::var_os("ELFPACK_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/elfpack
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let cand = profile_dir.join("elfpack");
+    assert!(
+        cand.exists(),
+        "elfpack binary not found at {} (build it first: cargo build -p elfpack, or set ELFPACK_BIN)",
+        cand.display()
+    );
+    cand
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    let p = Path::new(env!("FIXTURES_DIR")).join(name);
+    assert!(p.exists(), "fixture {} missing", p.display());
+    p
+}
+
+/// A scratch directory every user can enter (tests also run packed files as uid 65534).
+pub fn scratch() -> tempfile::TempDir {
+    let d = tempfile::Builder::new().prefix("elfpack-test-").tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// The full path of `tool`; fails the test if it is not installed.
+pub fn require(tool: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = std::ffi::OsString::from("/usr/sbin:/sbin:/usr/bin:/bin");
+    std::env::split_paths(&path)
+        .chain(std::env::split_paths(&extra))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("required tool `{tool}` is not installed (tests/run installs it)"))
+}
+
+/// Runs `elfpack build INPUT -o OUTPUT EXTRA...`; panics with its stderr on failure.
+pub fn pack_to(input: &Path, output: &Path, extra: &[&str]) {
+    let out = Command::new(elfpack())
+        .arg("build")
+        .arg(input)
+        .arg("-o")
+        .arg(output)
+        .arg("-q")
+        .args(extra)
+        .output()
+        .expect("run elfpack");
+    assert!(
+        out.status.success(),
+        "elfpack build {} {:?} failed: {}",
+        input.display(),
+        extra,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Packed {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+static PACKED: OnceLock<Mutex<HashMap<String, &'static Packed>>> = OnceLock::new();
+
+/// Packs `input` with `extra` options once per test process; returns the packed file.
+pub fn packed(input: &Path, extra: &[&str]) -> PathBuf {
+    let key = format!("{}|{}", input.display(), extra.join(" "));
+    let map = PACKED.get_or_init(Default::default);
+    if let Some(p) = map.lock().unwrap().get(&key) {
+        return p.path.clone();
+    }
+    let dir = scratch();
+    let path = dir.path().join("packed");
+    pack_to(input, &path, extra);
+    let p: &'static Packed = Box::leak(Box::new(Packed { _dir: dir, path: path.clone() }));
+    map.lock().unwrap().insert(key, p);
+    path
+}
+
+/// Options for a packed file meant to run in `mode`.
+pub fn pack_options(mode: Mode) -> Vec<String> {
+    match mode {
+        Mode::Qemu => vec![format!("--env=GLIBC_TUNABLES={QEMU_TUNABLES}")],
+        _ => vec![],
+    }
+}
+
+/// The fixed environment every compared run gets.
+pub fn test_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("LC_ALL", "C"),
+        ("ELFPACK_TEST_VAR", "value with spaces"),
+        ("HOME", "/nonexistent"),
+    ]
+}
+
+/// The result of one run.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Run {
+    pub stdout: String,
+    pub stderr: String,
+    pub code: Option<i32>,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            code: o.status.code(),
+        }
+    }
+}
+
+fn finish(mut cmd: Command, stdin: &[u8]) -> Run {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    Run::from(out)
+}
+
+/// Where a packed file is placed to run in `mode`, and the argv[0] it then sees.
+pub struct Placed {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    mode: Mode,
+    arch: Arch,
+}
+
+pub const PLACED_NAME: &str = "prog";
+
+impl Placed {
+    pub fn new(packed: &Path, mode: Mode, arch: Arch) -> Placed {
+        let d = scratch();
+        let dir = d.path().to_path_buf();
+        std::fs::copy(packed, dir.join(PLACED_NAME)).unwrap();
+        std::fs::set_permissions(dir.join(PLACED_NAME), std::fs::Permissions::from_mode(0o755)).unwrap();
+        match mode {
+            Mode::NoAslr => drop(require("setarch")),
+            Mode::Nobody => drop(require("setpriv")),
+            Mode::Chroot => drop(require("chroot")),
+            Mode::Qemu => drop(require(arch.qemu())),
+            Mode::Native => {}
+        }
+        Placed { _dir: d, dir, mode, arch }
+    }
+
+    /// argv[0] as the packed program sees it.
+    pub fn argv0(&self) -> &'static str {
+        match self.mode {
+            Mode::Chroot => "/prog",
+            _ => "./prog",
+        }
+    }
+
+    /// The path of the placed file as seen from inside its run (for exec'ing itself).
+    pub fn self_path(&self) -> String {
+        match self.mode {
+            Mode::Chroot => "/prog".into(),
+            _ => self.dir.join(PLACED_NAME).display().to_string(),
+        }
+    }
+
+    /// The command that runs the placed program with `args`, optionally under `taskset -c`.
+    pub fn command<S: AsRef<OsStr>>(&self, args: &[S], cpu: Option<u32>) -> Command {
+        let mut argv: Vec<String> = Vec::new();
+        let tool = |t: &str| require(t).display().to_string();
+        if let Some(c) = cpu {
+            argv.extend([tool("taskset"), "-c".into(), c.to_string()]);
+        }
+        match self.mode {
+            Mode::Native => {}
+            Mode::NoAslr => argv.extend([tool("setarch"), self.arch.setarch().into(), "-R".into()]),
+            Mode::Nobody => argv.extend(
+                [tool("setpriv")].into_iter().chain(["--reuid", "65534", "--regid", "65534", "--clear-groups"].map(String::from)),
+            ),
+            Mode::Chroot => argv.extend([tool("chroot"), self.dir.display().to_string()]),
+            Mode::Qemu => argv.push(tool(self.arch.qemu())),
+        }
+        argv.push(self.argv0().into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).args(args).current_dir(&self.dir).env_clear().envs(test_env());
+        cmd
+    }
+
+    pub fn run<S: AsRef<OsStr>>(&self, args: &[S], stdin: &[u8], cpu: Option<u32>) -> Run {
+        finish(self.command(args, cpu), stdin)
+    }
+}
+
+/// Runs the unpacked original natively with the given argv[0].
+pub fn run_original<S: AsRef<OsStr>>(prog: &Path, argv0: &str, args: &[S], stdin: &[u8], cpu: Option<u32>) -> Run {
+    let mut cmd = if let Some(c) = cpu {
+        let mut t = Command::new(require("taskset"));
+        t.arg("-c").arg(c.to_string()).arg(prog);
+        // taskset execs prog; argv[0] becomes the path, so compare runs that print argv[0]
+        // without a CPU pin.
+        t
+    } else {
+        let mut c = Command::new(prog);
+        c.arg0(argv0);
+        c
+    };
+    cmd.args(args).env_clear().envs(test_env());
+    finish(cmd, stdin)
+}
+
+/// Asserts that two runs printed the same and exited the same, with context.
+pub fn assert_same(what: &str, packed: &Run, original: &Run) {
+    assert_eq!(
+        (packed.code, &packed.stdout),
+        (original.code, &original.stdout),
+        "{what}: packed run differs from the original\npacked stderr: {}\noriginal stderr: {}",
+        packed.stderr,
+        original.stderr
+    );
+}

@@ -35,6 +35,11 @@ pub const RANDOM_PATTERN: [u8; 16] = [
 /// heap, and the image stays well inside the 256 GiB that qemu-user can load.
 const HEAP_ROOM: u64 = 32 << 30;
 const GIB: u64 = 1 << 30;
+/// Where a position-independent x86-64 program is moved at capture. The kernel's own
+/// choice without ASLR (0x555555554000) lies where the host's PIE binaries are loaded
+/// (0x55..-0x56..), including qemu-user itself, which then cannot map the image at its
+/// fixed addresses reliably; low addresses are free in every process.
+const PIE_BASE: u64 = 0x1000_0000;
 
 pub struct Options {
     pub args: Vec<OsString>,
@@ -262,6 +267,31 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
     // 2. Layout: everything next to the program, on x86-64.
     let mut layout = None;
     let mut ldso_base = at_base;
+    let mut at_phdr = at_phdr;
+    let mut at_entry = at_entry;
+    let mut maps = maps;
+    if prog.arch == Arch::X86_64 && prog.pie {
+        // The program's file mappings and the anonymous bss right after them.
+        let mut exe: Vec<Mapping> = Vec::new();
+        for m in &maps {
+            if m.path == exe_path || (!exe.is_empty() && m.path.is_empty() && m.start == exe.last().unwrap().end) {
+                exe.push(m.clone());
+            }
+        }
+        let lo = exe.first().unwrap().start;
+        if lo != PIE_BASE {
+            let insn = find_syscall_insn(mem, &maps, |m| m.path == interp_path)?;
+            let delta = PIE_BASE.wrapping_sub(lo);
+            for m in &exe {
+                move_mapping(t, insn, m.start, m.end - m.start, m.start.wrapping_add(delta))?;
+            }
+            at_phdr = at_phdr.wrapping_add(delta);
+            at_entry = at_entry.wrapping_add(delta);
+            set_aux(mem, &mut stack, word, AT_PHDR, at_phdr)?;
+            set_aux(mem, &mut stack, word, AT_ENTRY, at_entry)?;
+            maps = procfs::maps(pid)?;
+        }
+    }
     if prog.arch == Arch::X86_64 {
         let exe_hi = maps.iter().filter(|m| m.path == exe_path).map(|m| m.end).max().unwrap();
         let window_lo = align_up(exe_hi, GIB) + HEAP_ROOM;
@@ -438,8 +468,22 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
             tls
         }
     };
-    let start_brk = procfs::start_brk(pid)?;
-    let brk = rec.brk.unwrap_or(start_brk).max(start_brk);
+    let mut start_brk = procfs::start_brk(pid)?;
+    let mut brk = rec.brk.unwrap_or(start_brk).max(start_brk);
+    let exe_end = maps.iter().filter(|m| m.path == exe_path).map(|m| m.end).max().unwrap_or(0);
+    let heap_used = maps.iter().any(|m| m.path == "[heap]");
+    if !heap_used && !(exe_end..exe_end + HEAP_ROOM).contains(&start_brk) {
+        // The program was moved and its heap is still empty: the break follows the
+        // program, as the kernel would have put it (linux `fs/binfmt_elf.c`).
+        let bss_end = maps
+            .iter()
+            .filter(|m| m.start >= exe_end && maps.iter().any(|e| e.path == exe_path && e.end == m.start))
+            .map(|m| m.end)
+            .max()
+            .unwrap_or(exe_end);
+        start_brk = bss_end;
+        brk = bss_end;
+    }
     let (start_code, end_code, start_data, end_data) = program_ranges(prog, at_phdr, &maps, &exe_path);
     let enable_secure = crate::symbols::lookup_dynsym(&interp_path, "__libc_enable_secure")
         .map(|v| v + ldso_base)
