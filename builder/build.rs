@@ -4,8 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const TARGETS: [(&str, &str); 2] =
-    [("x86_64-unknown-linux-gnu", "STUB_X86_64"), ("i686-unknown-linux-gnu", "STUB_I386")];
+const TARGETS: [(&str, &str); 2] = [
+    ("x86_64-unknown-linux-gnu", "STUB_X86_64"),
+    ("i686-unknown-linux-gnu", "STUB_I386"),
+];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -26,7 +28,14 @@ fn main() {
 fn build_stub(cargo: &str, root: &Path, target_dir: &Path, target: &str) {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--release", "--bin", "elfpack-stub", "-p", "elfpack-stub"])
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "elfpack-stub",
+            "-p",
+            "elfpack-stub",
+        ])
         .args(["--target", target])
         .arg("--target-dir")
         .arg(target_dir);
@@ -45,8 +54,13 @@ fn build_stub(cargo: &str, root: &Path, target_dir: &Path, target: &str) {
     ] {
         cmd.env_remove(var);
     }
-    cmd.env("CARGO_ENCODED_RUSTFLAGS", "-Crelocation-model=pie\x1f-Copt-level=s\x1f-Cdebuginfo=0");
-    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo to build the stub: {e}"));
+    cmd.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        "-Crelocation-model=pie\x1f-Copt-level=s\x1f-Cdebuginfo=0",
+    );
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build the stub: {e}"));
     if !status.success() {
         panic!(
             "building the restore stub for {target} failed; if the target is missing, run \

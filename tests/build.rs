@@ -8,7 +8,11 @@ fn compile(cpp: bool, m32: bool, flags: &[&str], srcs: &[&Path], libs: &[&str], 
         .cpp(cpp)
         .cargo_metadata(false)
         .opt_level(1)
-        .target(if m32 { "i686-unknown-linux-gnu" } else { "x86_64-unknown-linux-gnu" })
+        .target(if m32 {
+            "i686-unknown-linux-gnu"
+        } else {
+            "x86_64-unknown-linux-gnu"
+        })
         .host("x86_64-unknown-linux-gnu")
         .get_compiler();
     let mut cmd: Command = tool.to_command();
@@ -16,12 +20,18 @@ fn compile(cpp: bool, m32: bool, flags: &[&str], srcs: &[&Path], libs: &[&str], 
         cmd.arg("-m32");
     }
     cmd.args(flags).args(srcs).arg("-o").arg(out).args(libs);
-    let st = cmd.status().unwrap_or_else(|e| panic!("cannot run the C compiler: {e}"));
+    let st = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler: {e}"));
     if !st.success() {
         panic!(
             "compiling fixture {} failed{}",
             out.display(),
-            if m32 { " (is gcc-multilib / g++-multilib installed? tests/run installs them)" } else { "" }
+            if m32 {
+                " (is gcc-multilib / g++-multilib installed? tests/run installs them)"
+            } else {
+                ""
+            }
         );
     }
 }
@@ -39,18 +49,58 @@ fn main() {
     for (arch, m32) in [("x86_64", false), ("i386", true)] {
         for (pie, flag) in [("pie", "-pie"), ("nopie", "-no-pie")] {
             let pic = if pie == "pie" { "-fPIE" } else { "-fno-pie" };
-            compile(false, m32, &[pic, flag, "-pthread", "-fstack-protector-strong"], &[&c],
-                &["-Wl,--no-as-needed", "-lm", "-ldl"], &out.join(format!("fixture-{arch}-{pie}")));
-            compile(true, m32, &[pic, flag, "-pthread"], &[&cxx], &[], &out.join(format!("cxx-{arch}-{pie}")));
+            compile(
+                false,
+                m32,
+                &[pic, flag, "-pthread", "-fstack-protector-strong"],
+                &[&c],
+                &["-Wl,--no-as-needed", "-lm", "-ldl"],
+                &out.join(format!("fixture-{arch}-{pie}")),
+            );
+            compile(
+                true,
+                m32,
+                &[pic, flag, "-pthread"],
+                &[&cxx],
+                &[],
+                &out.join(format!("cxx-{arch}-{pie}")),
+            );
         }
         // A program whose library exists only while the tests create it.
         let libdir = out.join(format!("lib-{arch}"));
         std::fs::create_dir_all(&libdir).unwrap();
-        compile(false, m32, &["-shared", "-fPIC"], &[&libsrc], &[], &libdir.join("libneeded.so"));
-        compile(false, m32, &["-pie", "-fPIE"], &[&needlib],
-            &[&format!("-L{}", libdir.display()), "-lneeded"], &out.join(format!("needlib-{arch}")));
-        compile(false, m32, &["-pie", "-fPIE"], &[&dlopen_soname], &["-ldl"], &out.join(format!("dlopen-soname-{arch}")));
-        compile(false, m32, &["-static"], &[&c], &["-lm", "-pthread"], &out.join(format!("static-{arch}")));
+        compile(
+            false,
+            m32,
+            &["-shared", "-fPIC"],
+            &[&libsrc],
+            &[],
+            &libdir.join("libneeded.so"),
+        );
+        compile(
+            false,
+            m32,
+            &["-pie", "-fPIE"],
+            &[&needlib],
+            &[&format!("-L{}", libdir.display()), "-lneeded"],
+            &out.join(format!("needlib-{arch}")),
+        );
+        compile(
+            false,
+            m32,
+            &["-pie", "-fPIE"],
+            &[&dlopen_soname],
+            &["-ldl"],
+            &out.join(format!("dlopen-soname-{arch}")),
+        );
+        compile(
+            false,
+            m32,
+            &["-static"],
+            &[&c],
+            &["-lm", "-pthread"],
+            &out.join(format!("static-{arch}")),
+        );
     }
     println!("cargo:rustc-env=FIXTURES_DIR={}", out.display());
 }

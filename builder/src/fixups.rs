@@ -10,7 +10,12 @@ use crate::image::{Fixup, Image, PROT_EXEC};
 use elfpack_stub::abi::fixup_kind as k;
 
 /// Auxv tags whose values point into the initial stack.
-const POINTER_AUX: [u64; 4] = [15 /* AT_PLATFORM */, 24 /* AT_BASE_PLATFORM */, 25 /* AT_RANDOM */, 31 /* AT_EXECFN */];
+const POINTER_AUX: [u64; 4] = [
+    15, /* AT_PLATFORM */
+    24, /* AT_BASE_PLATFORM */
+    25, /* AT_RANDOM */
+    31, /* AT_EXECFN */
+];
 
 fn word_of(bytes: &[u8], w: usize) -> u64 {
     let mut b = [0u8; 8];
@@ -20,7 +25,13 @@ fn word_of(bytes: &[u8], w: usize) -> u64 {
 
 /// What a capture-time stack address refers to.
 fn classify(st: &StackInfo, w: u64, v: u64, addr: u64) -> Result<Fixup> {
-    let f = |kind, arg, offset| Fixup { addr, kind, arg, offset, string: None };
+    let f = |kind, arg, offset| Fixup {
+        addr,
+        kind,
+        arg,
+        offset,
+        string: None,
+    };
     let argc = st.argv.len() as u64;
     let argv0 = st.sp + w;
     let envp0 = argv0 + w * (argc + 1);
@@ -86,9 +97,21 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<()> {
             let v = word_of(chunk, w);
             let addr = r.start + (i * w) as u64;
             if v == canary {
-                found.push(Fixup { addr, kind: k::CANARY, arg: 0, offset: 0, string: None });
+                found.push(Fixup {
+                    addr,
+                    kind: k::CANARY,
+                    arg: 0,
+                    offset: 0,
+                    string: None,
+                });
             } else if v == guard {
-                found.push(Fixup { addr, kind: k::POINTER_GUARD, arg: 0, offset: 0, string: None });
+                found.push(Fixup {
+                    addr,
+                    kind: k::POINTER_GUARD,
+                    arg: 0,
+                    offset: 0,
+                    string: None,
+                });
             } else if v >= st.lo && v < st.hi {
                 found.push(classify(st, w as u64, v, addr)?);
             }

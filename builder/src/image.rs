@@ -96,25 +96,17 @@ impl Image {
         self.regions.iter().find(|r| r.contains(addr))
     }
 
-    /// Reads a native word at `addr` of the image.
-    pub fn read_word(&self, addr: u64) -> Option<u64> {
-        let r = self.region_of(addr)?;
-        let data = r.data.as_ref()?;
-        let off = (addr - r.start) as usize;
-        let w = self.arch.word();
-        let b = data.get(off..off + w)?;
-        Some(if w == 8 {
-            u64::from_le_bytes(b.try_into().unwrap())
-        } else {
-            u64::from(u32::from_le_bytes(b.try_into().unwrap()))
-        })
-    }
-
     /// Writes `len` bytes at `addr`; false if the range is not captured data.
     pub fn write_bytes(&mut self, addr: u64, bytes: &[u8]) -> bool {
-        let Some(r) = self.regions.iter_mut().find(|r| r.contains(addr)) else { return false };
+        let Some(r) = self.regions.iter_mut().find(|r| r.contains(addr)) else {
+            return false;
+        };
         let off = (addr - r.start) as usize;
-        match r.data.as_mut().and_then(|d| d.get_mut(off..off + bytes.len())) {
+        match r
+            .data
+            .as_mut()
+            .and_then(|d| d.get_mut(off..off + bytes.len()))
+        {
             Some(dst) => {
                 dst.copy_from_slice(bytes);
                 true

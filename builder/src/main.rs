@@ -96,7 +96,9 @@ fn capture_env(a: &BuildArgs) -> Result<Vec<(OsString, OsString)>> {
     // Bind every symbol now, so nothing is left for the lazy resolver after restore.
     set("LD_BIND_NOW", "1");
     for kv in &a.env {
-        let (k, v) = kv.split_once('=').ok_or_else(|| unpackable!("--env {kv}: expected KEY=VALUE"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| unpackable!("--env {kv}: expected KEY=VALUE"))?;
         set(k, v);
     }
     env.retain(|(k, _)| !a.unset_env.iter().any(|u| k == u.as_str()));
@@ -114,7 +116,10 @@ fn check_output(output: &Path, program: &Path) -> Result<PathBuf> {
     }
     if let (Ok(o), Ok(p)) = (std::fs::metadata(output), std::fs::metadata(program)) {
         if o.dev() == p.dev() && o.ino() == p.ino() {
-            return Err(unpackable!("{}: OUTPUT is the program itself; choose another name", output.display()));
+            return Err(unpackable!(
+                "{}: OUTPUT is the program itself; choose another name",
+                output.display()
+            ));
         }
         if o.is_dir() {
             return Err(unpackable!("{}: is a directory", output.display()));
@@ -129,7 +134,13 @@ fn check_output(output: &Path, program: &Path) -> Result<PathBuf> {
     tempfile::Builder::new()
         .prefix(".elfpack-")
         .tempfile_in(&dir)
-        .map_err(|e| unpackable!("{}: cannot write there: {}", dir.display(), program::io_reason(&e)))?;
+        .map_err(|e| {
+            unpackable!(
+                "{}: cannot write there: {}",
+                dir.display(),
+                program::io_reason(&e)
+            )
+        })?;
     Ok(dir)
 }
 
@@ -139,7 +150,9 @@ fn build(a: &BuildArgs) -> Result<()> {
     let prog = program::inspect(&path)?;
     let dir = check_output(&a.output, &path)?;
     if !(a.timeout > 0.0 && a.timeout.is_finite()) {
-        return Err(unpackable!("--timeout must be a positive number of seconds"));
+        return Err(unpackable!(
+            "--timeout must be a positive number of seconds"
+        ));
     }
     let mut argv = vec![OsString::from(&a.program)];
     argv.extend(a.args.iter().cloned());
@@ -147,7 +160,6 @@ fn build(a: &BuildArgs) -> Result<()> {
         args: argv,
         env: capture_env(a)?,
         timeout: Duration::from_secs_f64(a.timeout),
-        last_cpu: false,
     };
     let t_capture = Instant::now();
     let captured = capture::capture(&prog, &opts)?;
@@ -156,7 +168,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     fixups::find(&mut image, &captured.stack)?;
     normalize::reset_thread_state(&mut image);
     // A second capture shows which words still vary from run to run.
-    let again = capture::capture(&prog, &capture::Options { last_cpu: true, ..opts })?;
+    let again = capture::capture(&prog, &opts)?;
     let mut image2 = again.image;
     fixups::find(&mut image2, &again.stack)?;
     normalize::reset_thread_state(&mut image2);
@@ -169,21 +181,42 @@ fn build(a: &BuildArgs) -> Result<()> {
         .prefix(".elfpack-")
         .tempfile_in(&dir)
         .map_err(|e| other!("{}: {}", dir.display(), program::io_reason(&e)))?;
-    tmp.write_all(&bytes).map_err(|e| other!("writing {}: {}", a.output.display(), program::io_reason(&e)))?;
+    tmp.write_all(&bytes)
+        .map_err(|e| other!("writing {}: {}", a.output.display(), program::io_reason(&e)))?;
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o755))
         .map_err(|e| other!("{}: {}", a.output.display(), program::io_reason(&e)))?;
-    tmp.persist(&a.output).map_err(|e| other!("{}: {}", a.output.display(), program::io_reason(&e.error)))?;
+    tmp.persist(&a.output)
+        .map_err(|e| other!("{}: {}", a.output.display(), program::io_reason(&e.error)))?;
     if a.verbose {
         for w in &captured.warnings {
             eprintln!("elfpack: note: {w}");
         }
         if !varying.is_empty() {
             let list: Vec<String> = varying.iter().map(|a| format!("{a:#x}")).collect();
-            eprintln!("elfpack: note: zeroed words that differ between captures: {}", list.join(" "));
+            eprintln!(
+                "elfpack: note: zeroed words that differ between captures: {}",
+                list.join(" ")
+            );
         }
         if !unknown.is_empty() {
-            eprintln!("elfpack: note: vDSO functions left as they are: {}", unknown.join(", "));
+            eprintln!(
+                "elfpack: note: vDSO functions left as they are: {}",
+                unknown.join(", ")
+            );
+        }
+        eprintln!("elfpack: interpreter {}", prog.interp);
+        for o in &image.objects {
+            eprintln!("  object {:#014x} {}", o.base, o.path);
+        }
+        if let Some(v) = &image.vdso {
+            let names: Vec<&str> = v.entries.iter().map(|e| e.name.as_str()).collect();
+            eprintln!(
+                "  vDSO proxy {:#x}-{:#x}: {}",
+                v.start,
+                v.end,
+                names.join(" ")
+            );
         }
         for r in &image.regions {
             eprintln!(

@@ -1,8 +1,9 @@
 //! Makes the image independent of the capture run, so that two builds of the same input
 //! give byte-identical files: the thread ID and rseq CPU numbers the kernel wrote are reset
 //! (the stub registers both afresh), and any other word that differs between two captures
-//! (ld.so's start-up timestamps for LD_DEBUG=statistics, or the APIC ID in the CPUID
-//! results it keeps: the two captures run on different CPUs) is zeroed byte by byte.
+//! (ld.so's start-up timestamps for LD_DEBUG=statistics, for example) is zeroed. Both
+//! captures run on the first CPU the caller may use, because ld.so keeps CPUID results,
+//! and CPUID leaf 1 holds the APIC ID of the CPU it ran on.
 use crate::error::{other, Result};
 use crate::image::Image;
 
@@ -31,27 +32,31 @@ pub fn reset_thread_state(image: &mut Image) {
     }
 }
 
-/// Zeroes in `a` every byte that differs from `b`; returns the addresses of the words
-/// that held them.
+/// Zeroes in `a` every word that differs from `b`; returns their addresses.
 pub fn zero_differences(a: &mut Image, b: &Image) -> Result<Vec<u64>> {
-    let shape = |i: &Image| i.regions.iter().map(|r| (r.start, r.end, r.prot)).collect::<Vec<_>>();
+    let shape = |i: &Image| {
+        i.regions
+            .iter()
+            .map(|r| (r.start, r.end, r.prot))
+            .collect::<Vec<_>>()
+    };
     if shape(a) != shape(b) || a.resume_pc != b.resume_pc || a.fixups != b.fixups {
-        return Err(other!("two captures of the program differ in layout; it cannot be packed reproducibly"));
+        return Err(other!(
+            "two captures of the program differ in layout; it cannot be packed reproducibly"
+        ));
     }
     let w = a.arch.word();
     let mut diffs = Vec::new();
     for (ra, rb) in a.regions.iter_mut().zip(&b.regions) {
-        let (Some(da), Some(db)) = (ra.data.as_mut(), rb.data.as_ref()) else { continue };
+        let (Some(da), Some(db)) = (ra.data.as_mut(), rb.data.as_ref()) else {
+            continue;
+        };
         if da == db {
             continue;
         }
         for (i, (wa, wb)) in da.chunks_exact_mut(w).zip(db.chunks_exact(w)).enumerate() {
             if wa != wb {
-                for (x, y) in wa.iter_mut().zip(wb) {
-                    if x != y {
-                        *x = 0;
-                    }
-                }
+                wa.fill(0);
                 diffs.push(ra.start + (i * w) as u64);
             }
         }

@@ -84,12 +84,15 @@ pub fn inspect(path: &Path) -> Result<Program> {
     }
     let bytes = std::fs::read(path).map_err(|e| unpackable!("{shown}: {}", io_reason(&e)))?;
     if bytes.starts_with(b"#!") {
-        return Err(unpackable!("{shown}: is a script, not an ELF program; pack its interpreter"));
+        return Err(unpackable!(
+            "{shown}: is a script, not an ELF program; pack its interpreter"
+        ));
     }
     if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
         return Err(unpackable!("{shown}: not an ELF file"));
     }
-    let elf = Elf::parse(&bytes).map_err(|e| unpackable!("{shown}: truncated or malformed ELF ({e})"))?;
+    let elf =
+        Elf::parse(&bytes).map_err(|e| unpackable!("{shown}: truncated or malformed ELF ({e})"))?;
     let arch = match (elf.is_64, elf.header.e_machine) {
         (true, header::EM_X86_64) => Arch::X86_64,
         (false, header::EM_386) => Arch::I386,
@@ -107,7 +110,9 @@ pub fn inspect(path: &Path) -> Result<Program> {
     for p in &elf.program_headers {
         let end = p.p_offset.checked_add(p.p_filesz);
         if end.is_none_or(|e| e > bytes.len() as u64) {
-            return Err(unpackable!("{shown}: truncated ELF (a segment lies past the end of the file)"));
+            return Err(unpackable!(
+                "{shown}: truncated ELF (a segment lies past the end of the file)"
+            ));
         }
     }
     let interp = elf.interpreter.map(str::to_owned);
@@ -117,14 +122,22 @@ pub fn inspect(path: &Path) -> Result<Program> {
         .is_some_and(|d| d.info.flags_1 & goblin::elf::dynamic::DF_1_PIE != 0);
     match elf.header.e_type {
         header::ET_EXEC => {}
-        header::ET_DYN if is_pie || (interp.is_some() && elf.entry != 0 && elf.soname.is_none()) => {}
+        header::ET_DYN
+            if is_pie || (interp.is_some() && elf.entry != 0 && elf.soname.is_none()) => {}
         header::ET_DYN => {
             return Err(unpackable!("{shown}: is a shared library, not a program"));
         }
-        t => return Err(unpackable!("{shown}: not an executable (ELF type {})", header::et_to_str(t))),
+        t => {
+            return Err(unpackable!(
+                "{shown}: not an executable (ELF type {})",
+                header::et_to_str(t)
+            ))
+        }
     }
     let Some(interp) = interp else {
-        return Err(unpackable!("{shown}: is already statically linked; it needs no packing"));
+        return Err(unpackable!(
+            "{shown}: is already statically linked; it needs no packing"
+        ));
     };
     let stack_flags = elf
         .program_headers

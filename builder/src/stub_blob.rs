@@ -66,15 +66,26 @@ pub fn relocated(arch: Arch, base: u64) -> Result<Stub> {
     // static PIE that references no symbols.
     for r in elf.dynrelas.iter() {
         if r.r_type != 8 {
-            return Err(other!("unexpected relocation type {} in the stub", r.r_type));
+            return Err(other!(
+                "unexpected relocation type {} in the stub",
+                r.r_type
+            ));
         }
         patch(r.r_offset, Some(r.r_addend.unwrap_or(0)))?;
     }
     for r in elf.dynrels.iter() {
         if r.r_type != 8 {
-            return Err(other!("unexpected relocation type {} in the stub", r.r_type));
+            return Err(other!(
+                "unexpected relocation type {} in the stub",
+                r.r_type
+            ));
         }
         patch(r.r_offset, None)?;
     }
-    Ok(Stub { segments, desc_offset, entry: elf.entry, size })
+    Ok(Stub {
+        segments,
+        desc_offset,
+        entry: elf.entry,
+        size,
+    })
 }

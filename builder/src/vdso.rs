@@ -9,9 +9,16 @@ use goblin::elf::{sym, Elf};
 
 /// Lists the vDSO functions of the captured vDSO (one entry per address).
 pub fn find_entries(image: &mut Image) -> Result<Vec<String>> {
-    let Some(v) = image.vdso.clone() else { return Ok(Vec::new()) };
-    let region = image.region_of(v.start).ok_or_else(|| other!("vDSO region missing"))?;
-    let data = region.data.clone().ok_or_else(|| other!("vDSO not readable"))?;
+    let Some(v) = image.vdso.clone() else {
+        return Ok(Vec::new());
+    };
+    let region = image
+        .region_of(v.start)
+        .ok_or_else(|| other!("vDSO region missing"))?;
+    let data = region
+        .data
+        .clone()
+        .ok_or_else(|| other!("vDSO not readable"))?;
     let elf = Elf::parse(&data).map_err(|e| other!("captured vDSO is not ELF: {e}"))?;
     let load_vaddr = elf
         .program_headers
@@ -47,7 +54,8 @@ pub fn patch(image: &mut Image, slots: &[(u64, u64)]) -> Result<()> {
             // jmp *disp32(%rip)
             Arch::X86_64 => {
                 let disp = slot as i64 - (entry as i64 + 6);
-                let disp = i32::try_from(disp).map_err(|_| other!("vDSO slot out of reach of the proxy"))?;
+                let disp = i32::try_from(disp)
+                    .map_err(|_| other!("vDSO slot out of reach of the proxy"))?;
                 [&[0xff, 0x25][..], &disp.to_le_bytes()].concat()
             }
             // jmp *abs32

@@ -56,13 +56,32 @@ fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
     let rw = PROT_READ | PROT_WRITE;
     for r in &image.regions {
         let written = image.fixups.iter().any(|f| r.contains(f.addr));
-        let prot = if written && r.prot & PROT_WRITE == 0 { r.prot | rw } else { r.prot };
+        let prot = if written && r.prot & PROT_WRITE == 0 {
+            r.prot | rw
+        } else {
+            r.prot
+        };
         if prot != r.prot {
-            protect.push(Protect { addr: r.start, len: r.len(), prot: r.prot, _pad: 0 });
+            protect.push(Protect {
+                addr: r.start,
+                len: r.len(),
+                prot: r.prot,
+                _pad: 0,
+            });
         }
         let Some(data) = &r.data else {
-            segs.push(Seg { vaddr: r.start, memsz: r.len(), data: Vec::new(), flags: 0 });
-            protect.push(Protect { addr: r.start, len: r.len(), prot: 0, _pad: 0 });
+            segs.push(Seg {
+                vaddr: r.start,
+                memsz: r.len(),
+                data: Vec::new(),
+                flags: 0,
+            });
+            protect.push(Protect {
+                addr: r.start,
+                len: r.len(),
+                prot: 0,
+                _pad: 0,
+            });
             continue;
         };
         let pages: Vec<&[u8]> = data.chunks(PAGE as usize).collect();
@@ -79,24 +98,48 @@ fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
             if elide {
                 // Trailing zeros of a read-write region extend the previous segment (bss).
                 match segs.last_mut() {
-                    Some(prev) if prot == rw && prev.flags == pf(prot) && prev.vaddr + prev.memsz == start && j == pages.len() => {
+                    Some(prev)
+                        if prot == rw
+                            && prev.flags == pf(prot)
+                            && prev.vaddr + prev.memsz == start
+                            && j == pages.len() =>
+                    {
                         prev.memsz += len
                     }
                     _ => {
-                        segs.push(Seg { vaddr: start, memsz: len, data: Vec::new(), flags: pf(prot) });
+                        segs.push(Seg {
+                            vaddr: start,
+                            memsz: len,
+                            data: Vec::new(),
+                            flags: pf(prot),
+                        });
                         if prot != rw {
-                            protect.push(Protect { addr: start, len, prot, _pad: 0 });
+                            protect.push(Protect {
+                                addr: start,
+                                len,
+                                prot,
+                                _pad: 0,
+                            });
                         }
                     }
                 }
             } else {
                 let bytes = data[i * PAGE as usize..j * PAGE as usize].to_vec();
                 match segs.last_mut() {
-                    Some(prev) if prev.flags == pf(prot) && prev.vaddr + prev.memsz == start && prev.memsz == prev.data.len() as u64 => {
+                    Some(prev)
+                        if prev.flags == pf(prot)
+                            && prev.vaddr + prev.memsz == start
+                            && prev.memsz == prev.data.len() as u64 =>
+                    {
                         prev.data.extend_from_slice(&bytes);
                         prev.memsz += len;
                     }
-                    _ => segs.push(Seg { vaddr: start, memsz: len, data: bytes, flags: pf(prot) }),
+                    _ => segs.push(Seg {
+                        vaddr: start,
+                        memsz: len,
+                        data: bytes,
+                        flags: pf(prot),
+                    }),
                 }
             }
             i = j;
@@ -112,7 +155,7 @@ struct Blob {
 
 impl Blob {
     fn align(&mut self) {
-        while self.bytes.len() % 8 != 0 {
+        while !self.bytes.len().is_multiple_of(8) {
             self.bytes.push(0);
         }
     }
@@ -122,15 +165,21 @@ impl Blob {
         for it in items {
             self.bytes.extend_from_slice(bytes_of(it));
         }
-        Table { offset, count: items.len() as u64 }
+        Table {
+            offset,
+            count: items.len() as u64,
+        }
     }
 }
 
 /// Writes the packed file for `image`.
 pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
     let arch = image.arch;
-    let word = arch.word() as u64;
-    let vdso_entries = image.vdso.as_ref().map(|v| v.entries.clone()).unwrap_or_default();
+    let vdso_entries = image
+        .vdso
+        .as_ref()
+        .map(|v| v.entries.clone())
+        .unwrap_or_default();
 
     // Place the stub: above the image on x86-64 (the image's window is there, and the vDSO
     // slots must be within reach of rip-relative jumps), below it on i386 (above lies the
@@ -138,7 +187,12 @@ pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
     let lo = image.regions.iter().map(|r| r.start).min().unwrap_or(0);
     let hi = image.regions.iter().map(|r| r.end).max().unwrap_or(0);
     let probe = stub_blob::relocated(arch, 0)?;
-    let strings_len: usize = image.fixups.iter().filter_map(|f| f.string.as_ref()).map(Vec::len).sum::<usize>()
+    let strings_len: usize = image
+        .fixups
+        .iter()
+        .filter_map(|f| f.string.as_ref())
+        .map(Vec::len)
+        .sum::<usize>()
         + image.cpu_level.len()
         + 1;
     let (segs0, protect0) = segments(image, MIN_ZERO_RUN);
@@ -163,7 +217,9 @@ pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
     let desc_addr = stub_base + stub.desc_offset;
 
     // The descriptor blob.
-    let mut blob = Blob { bytes: vec![0u8; abi::DESCRIPTOR_SIZE] };
+    let mut blob = Blob {
+        bytes: vec![0u8; abi::DESCRIPTOR_SIZE],
+    };
     let mut strings: Vec<u8> = Vec::new();
     let mut fixups = Vec::new();
     for f in &image.fixups {
@@ -172,7 +228,12 @@ pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
             arg = strings.len() as u32;
             strings.extend_from_slice(s);
         }
-        fixups.push(abi::Fixup { addr: f.addr, kind: f.kind, arg, offset: f.offset });
+        fixups.push(abi::Fixup {
+            addr: f.addr,
+            kind: f.kind,
+            arg,
+            offset: f.offset,
+        });
     }
     let cpu_level_name = strings.len() as u64;
     strings.extend_from_slice(image.cpu_level.as_bytes());
@@ -182,17 +243,26 @@ pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
     // the slot table is written.
     blob.align();
     let slots_at = blob.bytes.len() as u64;
-    blob.bytes.resize(blob.bytes.len() + vdso_entries.len() * 8, 0);
+    blob.bytes
+        .resize(blob.bytes.len() + vdso_entries.len() * 8, 0);
     let slot_addr = |i: usize| desc_addr + slots_at + 8 * i as u64;
     let slots: Vec<VdsoSlot> = vdso_entries
         .iter()
         .enumerate()
-        .map(|(i, e)| VdsoSlot { slot: slot_addr(i), func: e.func, _pad: 0 })
+        .map(|(i, e)| VdsoSlot {
+            slot: slot_addr(i),
+            func: e.func,
+            _pad: 0,
+        })
         .collect();
     let slots_t = blob.table(&slots);
     crate::vdso::patch(
         image,
-        &vdso_entries.iter().enumerate().map(|(i, e)| (e.addr, slot_addr(i))).collect::<Vec<_>>(),
+        &vdso_entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.addr, slot_addr(i)))
+            .collect::<Vec<_>>(),
     )?;
     let (segs, mut protect) = segments(image, MIN_ZERO_RUN);
     debug_assert_eq!(segs.len(), segs0.len());
@@ -201,10 +271,18 @@ pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
         (blob.bytes.len() + (protect.len() + 1) * 24 + strings.len() + 16) as u64,
         PAGE,
     );
-    protect.push(Protect { addr: desc_addr, len: blob_len_final, prot: PROT_READ, _pad: 0 });
+    protect.push(Protect {
+        addr: desc_addr,
+        len: blob_len_final,
+        prot: PROT_READ,
+        _pad: 0,
+    });
     let protect_t = blob.table(&protect);
     blob.align();
-    let strings_t = Table { offset: blob.bytes.len() as u64, count: strings.len() as u64 };
+    let strings_t = Table {
+        offset: blob.bytes.len() as u64,
+        count: strings.len() as u64,
+    };
     blob.bytes.extend_from_slice(&strings);
     blob.bytes.resize(blob_len_final as usize, 0);
     if stub.desc_offset + blob_len_final > total && arch == Arch::I386 {
@@ -236,13 +314,26 @@ pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
     // All segments, in address order.
     let mut all: Vec<Seg> = segs;
     for (off, data, memsz, flags) in stub.segments {
-        all.push(Seg { vaddr: stub_base + off, memsz, data, flags });
+        all.push(Seg {
+            vaddr: stub_base + off,
+            memsz,
+            data,
+            flags,
+        });
     }
-    all.push(Seg { vaddr: desc_addr, memsz: blob_len_final, data: blob.bytes, flags: PF_R | PF_W });
+    all.push(Seg {
+        vaddr: desc_addr,
+        memsz: blob_len_final,
+        data: blob.bytes,
+        flags: PF_R | PF_W,
+    });
     all.sort_by_key(|s| s.vaddr);
     for w in all.windows(2) {
         if w[0].vaddr + w[0].memsz > w[1].vaddr {
-            return Err(other!("internal error: segments overlap at {:#x}", w[1].vaddr));
+            return Err(other!(
+                "internal error: segments overlap at {:#x}",
+                w[1].vaddr
+            ));
         }
     }
 
@@ -255,11 +346,17 @@ pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
     let ctx = Ctx::new(container, Endian::Little);
     let phnum = all.len() as u64 + 1;
     if phnum * phentsize > 65536 {
-        return Err(other!("the image needs {phnum} segments, more than the kernel accepts"));
+        return Err(other!(
+            "the image needs {phnum} segments, more than the kernel accepts"
+        ));
     }
     let mut out = vec![0u8; (ehsize + phnum * phentsize) as usize];
     let mut phdrs = Vec::new();
-    let mut stats = Stats { stub_size: stub.size, stub_base, ..Default::default() };
+    let mut stats = Stats {
+        stub_size: stub.size,
+        stub_base,
+        ..Default::default()
+    };
     for s in &all {
         let offset = if s.data.is_empty() {
             0

@@ -235,8 +235,8 @@ pub mod cpu {
     /// Feature names, for messages, in bit order.
     pub const NAMES: [&str; 22] = [
         "SSE3", "SSSE3", "SSE4.1", "SSE4.2", "POPCNT", "CX16", "AVX", "AVX2", "BMI1", "BMI2",
-        "FMA", "LZCNT", "MOVBE", "F16C", "AVX512F", "AVX512BW", "AVX512CD", "AVX512DQ",
-        "AVX512VL", "XSAVE", "CMOV", "SSE2",
+        "FMA", "LZCNT", "MOVBE", "F16C", "AVX512F", "AVX512BW", "AVX512CD", "AVX512DQ", "AVX512VL",
+        "XSAVE", "CMOV", "SSE2",
     ];
 }
 
@@ -246,7 +246,7 @@ pub const DESCRIPTOR_SIZE: usize = core::mem::size_of::<Descriptor>();
 const _: () = assert!(core::mem::size_of::<Fixup>() == 24);
 const _: () = assert!(core::mem::size_of::<VdsoSlot>() == 16);
 const _: () = assert!(core::mem::size_of::<Protect>() == 24);
-const _: () = assert!(DESCRIPTOR_SIZE % 8 == 0);
+const _: () = assert!(DESCRIPTOR_SIZE.is_multiple_of(8));
 
 /// Plain-data types of this module: `#[repr(C)]`, made of integers only, with no padding
 /// (their sizes equal the sum of their fields, see the assertions above).

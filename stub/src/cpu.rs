@@ -95,7 +95,11 @@ pub fn check(d: &'static Descriptor) {
     put_names(&mut buf, &mut n, d.cpu_needs);
     push(&mut buf, &mut n, b"); this CPU lacks ");
     put_names(&mut buf, &mut n, missing);
-    push(&mut buf, &mut n, " \u{2014} repack with --cpu baseline\n".as_bytes());
+    push(
+        &mut buf,
+        &mut n,
+        " \u{2014} repack with --cpu baseline\n".as_bytes(),
+    );
     sys::write(2, &buf[..n]);
     sys::exit_group(fail::EXIT_RESTORE_FAILED);
 }

@@ -34,9 +34,9 @@ fn find_env(st: &InitialStack, capture: *const u8) -> Option<*const u8> {
         while *capture.add(name_len) != b'=' && *capture.add(name_len) != 0 {
             name_len += 1;
         }
-        (0..st.envc).map(|i| st.env(i)).find(|&e| {
-            (0..=name_len).all(|j| *e.add(j) == *capture.add(j))
-        })
+        (0..st.envc)
+            .map(|i| st.env(i))
+            .find(|&e| (0..=name_len).all(|j| *e.add(j) == *capture.add(j)))
     }
 }
 

@@ -31,10 +31,10 @@ pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
     cpu::check(d);
     // 1. Read this run's argc, argv, envp and auxv.
     // SAFETY: forwarded from the caller.
-    let st = unsafe { stack::InitialStack::read(sp) };
+    let mut st = unsafe { stack::InitialStack::read(sp) };
     // 2. The initial stack for `_dl_start_user`: this run's argv and envp, the auxv
     //    entries that describe the program set to the original program's values.
-    stack::describe_program(&st, d);
+    stack::describe_program(&mut st, d);
     // 3. Restore the program break (7. and publish this run's argument and environment
     //    ranges: both are fields of the one prctl_mm_map).
     mm::restore_brk_and_ranges(d, &st);

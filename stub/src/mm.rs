@@ -57,7 +57,13 @@ pub fn restore_brk_and_ranges(d: &Descriptor, st: &InitialStack) -> bool {
     use linux_raw_sys::prctl::{PR_SET_MM, PR_SET_MM_MAP};
     // SAFETY: `map` is a complete prctl_mm_map; exe_fd = -1 leaves the exe file alone.
     let ret = unsafe {
-        sys::prctl(PR_SET_MM, PR_SET_MM_MAP as usize, &map as *const MmMap as usize, 104, 0)
+        sys::prctl(
+            PR_SET_MM,
+            PR_SET_MM_MAP as usize,
+            &map as *const MmMap as usize,
+            104,
+            0,
+        )
     };
     ret == 0
 }

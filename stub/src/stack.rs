@@ -42,23 +42,38 @@ impl InitialStack {
             while (*auxv.add(auxc))[0] != at::AT_NULL as usize {
                 auxc += 1;
             }
-            InitialStack { sp, argc, argv, envp, envc, auxv, auxc: auxc + 1 }
+            InitialStack {
+                sp,
+                argc,
+                argv,
+                envp,
+                envc,
+                auxv,
+                auxc: auxc + 1,
+            }
         }
     }
 
-    fn aux_entries(&self) -> &mut [[usize; 2]] {
+    fn aux_entries(&self) -> &[[usize; 2]] {
         // SAFETY: `read` counted `auxc` entries at `auxv`.
-        unsafe { core::slice::from_raw_parts_mut(self.auxv, self.auxc) }
+        unsafe { core::slice::from_raw_parts(self.auxv, self.auxc) }
     }
 
     /// The value of the last auxv entry with `tag` (ld.so, too, keeps the last one).
     pub fn aux(&self, tag: u32) -> Option<usize> {
-        self.aux_entries().iter().rev().find(|e| e[0] == tag as usize).map(|e| e[1])
+        self.aux_entries()
+            .iter()
+            .rev()
+            .find(|e| e[0] == tag as usize)
+            .map(|e| e[1])
     }
 
     /// Sets every auxv entry with `tag` to `value`.
-    pub fn set_aux(&self, tag: u32, value: usize) {
-        for e in self.aux_entries().iter_mut() {
+    pub fn set_aux(&mut self, tag: u32, value: usize) {
+        // SAFETY: `read` counted `auxc` entries at `auxv`; `&mut self` makes this the only
+        // view of them.
+        let entries = unsafe { core::slice::from_raw_parts_mut(self.auxv, self.auxc) };
+        for e in entries.iter_mut() {
             if e[0] == tag as usize {
                 e[1] = value;
             }
@@ -104,7 +119,7 @@ impl InitialStack {
 /// Step 2: the auxv entries that describe the executable get the original program's values
 /// (ld.so reads them in `_dl_sysdep_start`, glibc `elf/dl-sysdep.c`; libc's
 /// `dl_iterate_phdr` and `getauxval` read them later).
-pub fn describe_program(st: &InitialStack, d: &Descriptor) {
+pub fn describe_program(st: &mut InitialStack, d: &Descriptor) {
     st.set_aux(at::AT_PHDR, d.at_phdr as usize);
     st.set_aux(at::AT_PHNUM, d.at_phnum as usize);
     st.set_aux(at::AT_PHENT, d.at_phent as usize);

@@ -4,7 +4,12 @@ use linux_raw_sys::general as g;
 
 pub fn write(fd: i32, buf: &[u8]) -> isize {
     // SAFETY: write(2) reads `buf.len()` bytes from a live slice.
-    unsafe { syscall6(g::__NR_write, [fd as usize, buf.as_ptr() as usize, buf.len(), 0, 0, 0]) }
+    unsafe {
+        syscall6(
+            g::__NR_write,
+            [fd as usize, buf.as_ptr() as usize, buf.len(), 0, 0, 0],
+        )
+    }
 }
 
 pub fn exit_group(code: i32) -> ! {

@@ -10,13 +10,19 @@ use linux_raw_sys::general as g;
 const RSEQ_CPU_ID_REGISTRATION_FAILED: u32 = (-2i32) as u32;
 
 pub fn register(d: &Descriptor) {
-    fail::check(arch::set_thread_pointer(&d.tls), "cannot install the thread pointer");
+    fail::check(
+        arch::set_thread_pointer(&d.tls),
+        "cannot install the thread pointer",
+    );
     let r = &d.regs;
     if r.tid_address != 0 {
         // SAFETY: glibc passes `&pd->tid` to set_tid_address and stores the returned
         // thread ID there (`__tls_init_tp`); the word is in a writable page of the TCB.
         unsafe {
-            let tid = syscall6(g::__NR_set_tid_address, [r.tid_address as usize, 0, 0, 0, 0, 0]);
+            let tid = syscall6(
+                g::__NR_set_tid_address,
+                [r.tid_address as usize, 0, 0, 0, 0, 0],
+            );
             (r.tid_address as usize as *mut i32).write(tid as i32);
         }
     }
@@ -25,7 +31,14 @@ pub fn register(d: &Descriptor) {
         unsafe {
             syscall6(
                 g::__NR_set_robust_list,
-                [r.robust_list_head as usize, r.robust_list_len as usize, 0, 0, 0, 0],
+                [
+                    r.robust_list_head as usize,
+                    r.robust_list_len as usize,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
             )
         };
     }
@@ -34,13 +47,22 @@ pub fn register(d: &Descriptor) {
         let ret = unsafe {
             syscall6(
                 g::__NR_rseq,
-                [r.rseq_area as usize, r.rseq_len as usize, 0, r.rseq_sig as usize, 0, 0],
+                [
+                    r.rseq_area as usize,
+                    r.rseq_len as usize,
+                    0,
+                    r.rseq_sig as usize,
+                    0,
+                    0,
+                ],
             )
         };
         if ret < 0 {
             // As glibc does when registration fails: sched_getcpu() then asks the kernel.
             // SAFETY: `cpu_id` is the second u32 of `struct rseq`.
-            unsafe { ((r.rseq_area as usize + 4) as *mut u32).write(RSEQ_CPU_ID_REGISTRATION_FAILED) };
+            unsafe {
+                ((r.rseq_area as usize + 4) as *mut u32).write(RSEQ_CPU_ID_REGISTRATION_FAILED)
+            };
         }
     }
 }

@@ -8,7 +8,9 @@
 use crate::{arch, desc, fail, stack::InitialStack};
 use elfpack_stub::abi::{vdso_fn, Descriptor, VdsoSlot};
 use linux_raw_sys::auxvec as at;
-use linux_raw_sys::elf::{Elf_Dyn, Elf_Ehdr, Elf_Phdr, Elf_Sym, DT_HASH, DT_STRTAB, DT_SYMTAB, PT_DYNAMIC, PT_LOAD};
+use linux_raw_sys::elf::{
+    Elf_Dyn, Elf_Ehdr, Elf_Phdr, Elf_Sym, DT_HASH, DT_STRTAB, DT_SYMTAB, PT_DYNAMIC, PT_LOAD,
+};
 
 /// This run's vDSO, as the kernel mapped it.
 struct LiveVdso {
@@ -54,7 +56,12 @@ impl LiveVdso {
             }
             // The SysV hash table's second word is the number of symbols (nchain).
             let nsyms = *((hash + 4) as *const u32) as usize;
-            Some(LiveVdso { bias, symtab: symtab as _, strtab: strtab as _, nsyms })
+            Some(LiveVdso {
+                bias,
+                symtab: symtab as _,
+                strtab: strtab as _,
+                nsyms,
+            })
         }
     }
 
@@ -66,7 +73,10 @@ impl LiveVdso {
                 continue;
             }
             let s = unsafe { self.strtab.add(sym.st_name as usize) };
-            if name.iter().enumerate().all(|(k, &c)| unsafe { *s.add(k) } == c)
+            if name
+                .iter()
+                .enumerate()
+                .all(|(k, &c)| unsafe { *s.add(k) } == c)
                 && unsafe { *s.add(name.len()) } == 0
             {
                 return Some(sym.st_value.wrapping_add(self.bias));
@@ -83,7 +93,9 @@ pub fn connect(d: &'static Descriptor, st: &InitialStack) {
         return;
     }
     // SAFETY: AT_SYSINFO_EHDR, when present, is the kernel's vDSO.
-    let live = st.aux(at::AT_SYSINFO_EHDR).and_then(|b| unsafe { LiveVdso::parse(b) });
+    let live = st
+        .aux(at::AT_SYSINFO_EHDR)
+        .and_then(|b| unsafe { LiveVdso::parse(b) });
     for s in slots {
         let target = live
             .as_ref()

@@ -1,1 +1,299 @@
-fn main() {}
+//! The `elfpack` command line: reproducible output, and bad input rejected with one line
+//! on stderr, the documented exit status, and no output file.
+use elfpack_tests::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+/// Runs `elfpack build INPUT -o OUTPUT ARGS`; returns (exit code, stderr).
+fn build(input: &Path, output: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(elfpack())
+        .arg("build")
+        .arg(input)
+        .arg("-o")
+        .arg(output)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts a clean refusal: the exit code, one line naming the problem, no OUTPUT.
+fn refused(input: &Path, expect_code: i32, needle: &str) {
+    let d = scratch();
+    let out = d.path().join("out");
+    let (code, err) = build(input, &out, &["-q"]);
+    assert_eq!(code, Some(expect_code), "{}: stderr {err}", input.display());
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("elfpack:")).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one elfpack error line, got: {err}"
+    );
+    assert!(
+        lines[0].contains(needle),
+        "error `{}` should mention `{needle}`",
+        lines[0]
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !out.exists(),
+        "an output file was written for {}",
+        input.display()
+    );
+    let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
+    assert!(left.is_empty(), "temporary files left behind: {left:?}");
+}
+
+#[test]
+fn two_builds_are_byte_identical() {
+    for prog in [
+        fixture("fixture-x86_64-pie"),
+        Path::new("/usr/bin/python3").to_path_buf(),
+    ] {
+        let d = scratch();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        pack_to(&prog, &a, &[]);
+        pack_to(&prog, &b, &[]);
+        let (x, y) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        assert!(x == y, "{}: two builds differ", prog.display());
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode();
+        assert_eq!(mode & 0o111, 0o111, "output is not executable");
+    }
+}
+
+#[test]
+fn output_is_a_static_exec_without_interpreter() {
+    let d = scratch();
+    let out = d.path().join("p");
+    pack_to(&fixture("fixture-x86_64-pie"), &out, &[]);
+    let bytes = std::fs::read(&out).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF");
+    assert_eq!(
+        u16::from_le_bytes([bytes[16], bytes[17]]),
+        2,
+        "e_type is not ET_EXEC"
+    );
+    let file = Command::new("file").arg(&out).output();
+    if let Ok(f) = file {
+        let s = String::from_utf8_lossy(&f.stdout);
+        assert!(s.contains("statically linked"), "file(1) says: {s}");
+    }
+    let readelf = Command::new("readelf")
+        .arg("-lW")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&readelf.stdout);
+    assert!(!text.contains("INTERP"), "{text}");
+    assert!(text.contains("GNU_STACK"), "{text}");
+    // Every file-backed segment is page-aligned in the file (mapped, never copied).
+    for line in text.lines().filter(|l| l.trim_start().starts_with("LOAD")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let off = u64::from_str_radix(f[1].trim_start_matches("0x"), 16).unwrap();
+        let va = u64::from_str_radix(f[2].trim_start_matches("0x"), 16).unwrap();
+        assert_eq!(off % 4096, va % 4096, "{line}");
+    }
+}
+
+#[test]
+fn program_found_in_path_like_a_shell() {
+    let d = scratch();
+    let out = d.path().join("sort");
+    let st = Command::new(elfpack())
+        .args(["build", "sort", "-q", "-o"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let r = run_cmd_raw(Command::new(&out), b"b\na\n");
+    assert_eq!(r, b"a\nb\n");
+}
+
+#[test]
+fn missing_file() {
+    refused(Path::new("/nonexistent/prog"), 3, "no such file");
+}
+
+#[test]
+fn not_in_path() {
+    refused(
+        Path::new("no-such-program-anywhere"),
+        3,
+        "not found in PATH",
+    );
+}
+
+#[test]
+fn not_elf() {
+    let d = scratch();
+    let p = d.path().join("text");
+    std::fs::write(&p, "hello world, not a program\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    refused(&p, 3, "not an ELF file");
+}
+
+#[test]
+fn script() {
+    let d = scratch();
+    let p = d.path().join("script.sh");
+    std::fs::write(&p, "#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    refused(&p, 3, "script");
+}
+
+#[test]
+fn truncated_elf() {
+    let d = scratch();
+    let p = d.path().join("trunc");
+    let bytes = std::fs::read(fixture("fixture-x86_64-pie")).unwrap();
+    std::fs::write(&p, &bytes[..200]).unwrap();
+    refused(&p, 3, "truncated");
+}
+
+#[test]
+fn wrong_machine() {
+    let d = scratch();
+    let p = d.path().join("arm");
+    let mut bytes = std::fs::read(fixture("fixture-x86_64-pie")).unwrap();
+    bytes[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
+    std::fs::write(&p, &bytes).unwrap();
+    refused(&p, 3, "unsupported architecture");
+}
+
+#[test]
+fn shared_library() {
+    refused(&fixture("lib-x86_64/libneeded.so"), 3, "shared library");
+}
+
+#[test]
+fn static_program() {
+    refused(&fixture("static-x86_64"), 3, "already statically linked");
+}
+
+#[test]
+fn setuid_program() {
+    let d = scratch();
+    let p = d.path().join("suid");
+    std::fs::copy(fixture("fixture-x86_64-pie"), &p).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    refused(&p, 3, "setuid");
+}
+
+#[test]
+fn output_equal_to_program() {
+    let d = scratch();
+    let p = d.path().join("prog");
+    std::fs::copy(fixture("fixture-x86_64-pie"), &p).unwrap();
+    let before = std::fs::read(&p).unwrap();
+    let (code, err) = build(&p, &p, &["-q"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("OUTPUT is the program itself"), "{err}");
+    assert_eq!(std::fs::read(&p).unwrap(), before, "the input was modified");
+}
+
+#[test]
+fn unwritable_output_directory() {
+    let (code, err) = build(
+        &fixture("fixture-x86_64-pie"),
+        Path::new("/nonexistent-dir/out"),
+        &["-q"],
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("/nonexistent-dir") && err.lines().count() == 1,
+        "{err}"
+    );
+    let d = scratch();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    // As root a read-only directory is still writable; check as uid 65534 then.
+    let out = d.path().join("out");
+    let st = Command::new(require("setpriv"))
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(elfpack())
+        .arg("build")
+        .arg(fixture("fixture-x86_64-pie"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(
+        st.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(String::from_utf8_lossy(&st.stderr).contains("cannot write there"));
+    assert!(!out.exists());
+}
+
+#[test]
+fn missing_library_shows_the_loader_message() {
+    let d = scratch();
+    let out = d.path().join("out");
+    let o = Command::new(elfpack())
+        .arg("build")
+        .arg(fixture("needlib-x86_64"))
+        .arg("-o")
+        .arg(&out)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("libneeded.so: cannot open shared object file"),
+        "ld.so's message missing: {err}"
+    );
+    assert!(err.contains("could not be loaded"), "{err}");
+    assert!(!out.exists());
+    // With the library found at capture, the packed program no longer needs it.
+    let libdir = fixture("lib-x86_64");
+    let o = Command::new(elfpack())
+        .arg("build")
+        .arg(fixture("needlib-x86_64"))
+        .arg("-q")
+        .arg("-o")
+        .arg(&out)
+        .env("LD_LIBRARY_PATH", &libdir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = run_cmd_raw(Command::new(&out), b"");
+    assert_eq!(String::from_utf8_lossy(&r), "needed_value=1234\n");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = Command::new(elfpack()).args(["build"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = Command::new(elfpack())
+        .args(["frobnicate"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = Command::new(elfpack())
+        .args(["--version"])
+        .output()
+        .unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("elfpack "));
+}
+
+#[test]
+fn capture_timeout_kills_the_program() {
+    // A program that never finishes loading: an LD_PRELOAD library cannot do that, but a
+    // tiny timeout on a real program can.
+    let d = scratch();
+    let out = d.path().join("out");
+    let (code, err) = build(
+        Path::new("/usr/bin/python3"),
+        &out,
+        &["--timeout", "0.000001"],
+    );
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("timed out"), "{err}");
+    assert!(!out.exists());
+}

@@ -1,8 +1,11 @@
 //! The fixture programs, packed and run in every mode, compared with the unpacked originals.
 use elfpack_tests::*;
 
-/// (name, arguments, stdin) of the compared cases of `fixtures/fixture.c`.
-fn c_cases(placed: &Placed) -> Vec<(&'static str, Vec<String>, Vec<String>, &'static [u8])> {
+/// A compared case of `fixtures/fixture.c`: name, arguments of the packed run, arguments
+/// of the original run, stdin.
+type Case = (&'static str, Vec<String>, Vec<String>, &'static [u8]);
+
+fn c_cases(placed: &Placed) -> Vec<Case> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     // fork + execve: of /bin/true where there is one; in the empty root, of the packed
     // program itself (with its `true` case). Both print the child's exit status.
@@ -12,7 +15,12 @@ fn c_cases(placed: &Placed) -> Vec<(&'static str, Vec<String>, Vec<String>, &'st
         s(&["fork", "/bin/true"])
     };
     let mut v = vec![
-        ("args", s(&["args", "5", "two words", ""]), s(&["args", "5", "two words", ""]), &b""[..]),
+        (
+            "args",
+            s(&["args", "5", "two words", ""]),
+            s(&["args", "5", "two words", ""]),
+            &b""[..],
+        ),
         ("env", s(&["env"]), s(&["env"]), b""),
         ("auxv", s(&["auxv"]), s(&["auxv"]), b""),
         ("tls", s(&["tls"]), s(&["tls"]), b""),
@@ -23,11 +31,21 @@ fn c_cases(placed: &Placed) -> Vec<(&'static str, Vec<String>, Vec<String>, &'st
         ("signal", s(&["signal"]), s(&["signal"]), b""),
         ("pi", s(&["pi"]), s(&["pi"]), b""),
         ("brk", s(&["brk"]), s(&["brk"]), b""),
-        ("stdin", s(&["stdin"]), s(&["stdin"]), b"some input\nover two lines\n"),
+        (
+            "stdin",
+            s(&["stdin"]),
+            s(&["stdin"]),
+            b"some input\nover two lines\n",
+        ),
     ];
     // No /proc in the empty root.
     if placed.argv0() != "/prog" {
-        v.push(("cmdline", s(&["cmdline", "a b", "c"]), s(&["cmdline", "a b", "c"]), b""));
+        v.push((
+            "cmdline",
+            s(&["cmdline", "a b", "c"]),
+            s(&["cmdline", "a b", "c"]),
+            b"",
+        ));
     }
     v
 }
@@ -41,28 +59,51 @@ fn check_c(arch: Arch, pie: &str, mode: Mode) {
     for (name, packed_args, orig_args, stdin) in c_cases(&placed) {
         let p = placed.run(&packed_args, stdin, None);
         let o = run_original(&orig, placed.argv0(), &orig_args, stdin, None);
-        assert_same(&format!("{} {pie} {mode:?} case {name}", arch.name()), &p, &o);
+        assert_same(
+            &format!("{} {pie} {mode:?} case {name}", arch.name()),
+            &p,
+            &o,
+        );
     }
     // sched_getcpu() reads the rseq area (or asks the kernel): pinned to CPU 1 it says 1.
     let p = placed.run(&["getcpu"], b"", Some(1));
     let o = run_original(&orig, "", &["getcpu"], b"", Some(1));
     assert_same(&format!("{mode:?} getcpu"), &p, &o);
-    assert_eq!(p.stdout, "cpu=1\n", "{mode:?}: sched_getcpu under taskset -c 1");
+    assert_eq!(
+        p.stdout, "cpu=1\n",
+        "{mode:?}: sched_getcpu under taskset -c 1"
+    );
     // A fresh canary and fresh AT_RANDOM bytes at every run, the canary derived from them
     // as glibc does (first word, lowest byte cleared).
     let a = placed.run(&["canary"], b"", None);
     let b = placed.run(&["canary"], b"", None);
     assert_eq!(a.code, Some(0), "{mode:?} canary: {}", a.stderr);
-    assert_ne!(a.stdout, b.stdout, "{mode:?}: two runs have the same canary and AT_RANDOM");
+    assert_ne!(
+        a.stdout, b.stdout,
+        "{mode:?}: two runs have the same canary and AT_RANDOM"
+    );
     for r in [&a, &b] {
         let line = r.stdout.trim();
-        let canary = u64::from_str_radix(line.split_whitespace().next().unwrap().trim_start_matches("canary=0x"), 16).unwrap();
+        let canary = u64::from_str_radix(
+            line.split_whitespace()
+                .next()
+                .unwrap()
+                .trim_start_matches("canary=0x"),
+            16,
+        )
+        .unwrap();
         let random = line.split("random=").nth(1).unwrap();
-        let bytes: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&random[2 * i..2 * i + 2], 16).unwrap()).collect();
+        let bytes: Vec<u8> = (0..16)
+            .map(|i| u8::from_str_radix(&random[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
         let word = if arch == Arch::X86_64 { 8 } else { 4 };
         let mut w = [0u8; 8];
         w[..word].copy_from_slice(&bytes[..word]);
-        assert_eq!(canary, u64::from_le_bytes(w) & !0xff, "{mode:?}: canary not derived from AT_RANDOM");
+        assert_eq!(
+            canary,
+            u64::from_le_bytes(w) & !0xff,
+            "{mode:?}: canary not derived from AT_RANDOM"
+        );
     }
 }
 
@@ -76,7 +117,11 @@ fn check_cxx(arch: Arch, pie: &str, mode: Mode) {
     let p = placed.run(&args, b"", None);
     let o = run_original(&orig, placed.argv0(), &args, b"", None);
     assert_same(&format!("C++ {} {pie} {mode:?}", arch.name()), &p, &o);
-    assert!(p.stdout.starts_with("static constructor ran\n"), "{}", p.stdout);
+    assert!(
+        p.stdout.starts_with("static constructor ran\n"),
+        "{}",
+        p.stdout
+    );
 }
 
 macro_rules! matrix {

@@ -58,7 +58,13 @@ pub enum Mode {
     Qemu,
 }
 
-pub const ALL_MODES: [Mode; 5] = [Mode::Native, Mode::NoAslr, Mode::Nobody, Mode::Chroot, Mode::Qemu];
+pub const ALL_MODES: [Mode; 5] = [
+    Mode::Native,
+    Mode::NoAslr,
+    Mode::Nobody,
+    Mode::Chroot,
+    Mode::Qemu,
+];
 
 /// The elfpack binary under test: `ELFPACK_BIN`, else the one built next to this test.
 pub fn elfpack() -> PathBuf {
@@ -85,7 +91,10 @@ pub fn fixture(name: &str) -> PathBuf {
 
 /// A scratch directory every user can enter (tests also run packed files as uid 65534).
 pub fn scratch() -> tempfile::TempDir {
-    let d = tempfile::Builder::new().prefix("elfpack-test-").tempdir().unwrap();
+    let d = tempfile::Builder::new()
+        .prefix("elfpack-test-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     d
 }
@@ -98,7 +107,9 @@ pub fn require(tool: &str) -> PathBuf {
         .chain(std::env::split_paths(&extra))
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("required tool `{tool}` is not installed (tests/run installs it)"))
+        .unwrap_or_else(|| {
+            panic!("required tool `{tool}` is not installed (tests/run installs it)")
+        })
 }
 
 /// Runs `elfpack build INPUT -o OUTPUT EXTRA...`; panics with its stderr on failure.
@@ -138,7 +149,10 @@ pub fn packed(input: &Path, extra: &[&str]) -> PathBuf {
     let dir = scratch();
     let path = dir.path().join("packed");
     pack_to(input, &path, extra);
-    let p: &'static Packed = Box::leak(Box::new(Packed { _dir: dir, path: path.clone() }));
+    let p: &'static Packed = Box::leak(Box::new(Packed {
+        _dir: dir,
+        path: path.clone(),
+    }));
     map.lock().unwrap().insert(key, p);
     path
 }
@@ -179,9 +193,28 @@ impl Run {
     }
 }
 
+/// Spawns `cmd`, retrying while the file is "busy": a file just written by this process
+/// stays open for writing in children that other test threads forked at that moment,
+/// until they exec (the classic ETXTBSY race of multi-threaded test runners).
+pub fn spawn(cmd: &mut Command) -> std::process::Child {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Ok(c) => return c,
+            Err(e) if e.raw_os_error() == Some(26) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot run {cmd:?}: {e}"),
+        }
+    }
+}
+
 fn finish(mut cmd: Command, stdin: &[u8]) -> Run {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn(&mut cmd);
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
     let writer = std::thread::spawn(move || {
@@ -207,7 +240,11 @@ impl Placed {
         let d = scratch();
         let dir = d.path().to_path_buf();
         std::fs::copy(packed, dir.join(PLACED_NAME)).unwrap();
-        std::fs::set_permissions(dir.join(PLACED_NAME), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            dir.join(PLACED_NAME),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         match mode {
             Mode::NoAslr => drop(require("setarch")),
             Mode::Nobody => drop(require("setpriv")),
@@ -215,7 +252,12 @@ impl Placed {
             Mode::Qemu => drop(require(arch.qemu())),
             Mode::Native => {}
         }
-        Placed { _dir: d, dir, mode, arch }
+        Placed {
+            _dir: d,
+            dir,
+            mode,
+            arch,
+        }
     }
 
     /// argv[0] as the packed program sees it.
@@ -244,15 +286,29 @@ impl Placed {
         match self.mode {
             Mode::Native => {}
             Mode::NoAslr => argv.extend([tool("setarch"), self.arch.setarch().into(), "-R".into()]),
-            Mode::Nobody => argv.extend(
-                [tool("setpriv")].into_iter().chain(["--reuid", "65534", "--regid", "65534", "--clear-groups"].map(String::from)),
-            ),
+            Mode::Nobody => argv.extend([tool("setpriv")].into_iter().chain(
+                ["--reuid", "65534", "--regid", "65534", "--clear-groups"].map(String::from),
+            )),
             Mode::Chroot => argv.extend([tool("chroot"), self.dir.display().to_string()]),
-            Mode::Qemu => argv.push(tool(self.arch.qemu())),
+            Mode::Qemu => argv.extend([tool(self.arch.qemu()), "-0".into(), self.argv0().into()]),
         }
-        argv.push(self.argv0().into());
+        // Native and qemu runs name the file by absolute path (so a test may change the
+        // working directory) and pass argv[0] explicitly; the other wrappers exec the
+        // relative path from the placed directory.
+        let abs = self.dir.join(PLACED_NAME).display().to_string();
+        match self.mode {
+            Mode::Native | Mode::Qemu => argv.push(abs),
+            _ => argv.push(self.argv0().into()),
+        }
         let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]).args(args).current_dir(&self.dir).env_clear().envs(test_env());
+        if argv.len() == 1 {
+            cmd.arg0(self.argv0());
+        }
+        cmd.args(&argv[1..])
+            .args(args)
+            .current_dir(&self.dir)
+            .env_clear()
+            .envs(test_env());
         cmd
     }
 
@@ -262,7 +318,13 @@ impl Placed {
 }
 
 /// Runs the unpacked original natively with the given argv[0].
-pub fn run_original<S: AsRef<OsStr>>(prog: &Path, argv0: &str, args: &[S], stdin: &[u8], cpu: Option<u32>) -> Run {
+pub fn run_original<S: AsRef<OsStr>>(
+    prog: &Path,
+    argv0: &str,
+    args: &[S],
+    stdin: &[u8],
+    cpu: Option<u32>,
+) -> Run {
     let mut cmd = if let Some(c) = cpu {
         let mut t = Command::new(require("taskset"));
         t.arg("-c").arg(c.to_string()).arg(prog);
@@ -287,4 +349,33 @@ pub fn assert_same(what: &str, packed: &Run, original: &Run) {
         packed.stderr,
         original.stderr
     );
+}
+
+/// Runs a prepared command with `stdin`.
+pub fn run_cmd(cmd: Command, stdin: &[u8]) -> Run {
+    finish(cmd, stdin)
+}
+
+/// Runs a prepared command with `stdin`; returns its raw stdout, asserting success.
+pub fn run_cmd_raw(mut cmd: Command, stdin: &[u8]) -> Vec<u8> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = spawn(&mut cmd);
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "{cmd:?} failed: {:?}", out.status);
+    out.stdout
+}
+
+/// Runs an unpacked program by path with `stdin`; returns its raw stdout.
+pub fn run_cmd_bytes(prog: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let mut cmd = Command::new(prog);
+    cmd.args(args).env_clear().envs(test_env());
+    run_cmd_raw(cmd, stdin)
 }

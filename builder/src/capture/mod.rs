@@ -45,8 +45,6 @@ pub struct Options {
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub timeout: Duration,
-    /// Run on the last allowed CPU instead of the first.
-    pub last_cpu: bool,
 }
 
 /// The capture-time initial stack, for classifying pointers into it.
@@ -63,7 +61,11 @@ pub struct StackInfo {
 
 impl StackInfo {
     pub fn aux(&self, tag: u64) -> Option<u64> {
-        self.auxv.iter().rev().find(|(t, _)| *t == tag).map(|&(_, v)| v)
+        self.auxv
+            .iter()
+            .rev()
+            .find(|(t, _)| *t == tag)
+            .map(|&(_, v)| v)
     }
 }
 
@@ -93,8 +95,14 @@ struct Nrs {
     set_thread_area: Option<u64>,
 }
 
-const X86_64_NRS: Nrs =
-    Nrs { mmap: Some(9), brk: 12, set_tid_address: 218, set_robust_list: 273, rseq: 334, set_thread_area: None };
+const X86_64_NRS: Nrs = Nrs {
+    mmap: Some(9),
+    brk: 12,
+    set_tid_address: 218,
+    set_robust_list: 273,
+    rseq: 334,
+    set_thread_area: None,
+};
 const I386_NRS: Nrs = Nrs {
     mmap: None,
     brk: 45,
@@ -114,7 +122,7 @@ const AT_SYSINFO: u64 = 32;
 const AT_SYSINFO_EHDR: u64 = 33;
 
 pub fn capture(prog: &Program, opts: &Options) -> Result<Captured> {
-    let mut t = Tracee::spawn(&prog.path, &opts.args, &opts.env, opts.last_cpu)?;
+    let mut t = Tracee::spawn(&prog.path, &opts.args, &opts.env)?;
     let pid = t.pid.as_raw();
     let word = prog.arch.word();
     let mem = Memory::open(pid)?;
@@ -156,7 +164,12 @@ fn read_stack(mem: &Memory, sp: u64, word: usize, maps: &[Mapping]) -> Result<St
         .ok_or_else(|| capture_err!("stack pointer {sp:#x} is outside every mapping"))?;
     let w = word as u64;
     let argc = mem.read_word(sp, word)?;
-    let mut info = StackInfo { lo: stack.start, hi: stack.end, sp, ..Default::default() };
+    let mut info = StackInfo {
+        lo: stack.start,
+        hi: stack.end,
+        sp,
+        ..Default::default()
+    };
     let strlen = |p: u64| -> Result<usize> {
         let mut n = 0usize;
         loop {
@@ -199,7 +212,11 @@ fn set_aux(mem: &Memory, info: &mut StackInfo, word: usize, tag: u64, value: u64
     for (i, e) in info.auxv.iter_mut().enumerate() {
         if e.0 == tag {
             e.1 = value;
-            mem.write_word(info.auxv_addr + (2 * i * word) as u64 + word as u64, word, value)?;
+            mem.write_word(
+                info.auxv_addr + (2 * i * word) as u64 + word as u64,
+                word,
+                value,
+            )?;
         }
     }
     Ok(())
@@ -214,14 +231,23 @@ fn align_up(v: u64, a: u64) -> u64 {
 }
 
 /// Finds a `syscall` instruction (0f 05) inside an executable mapping in `range`.
-fn find_syscall_insn(mem: &Memory, maps: &[Mapping], pick: impl Fn(&Mapping) -> bool) -> Result<u64> {
-    for m in maps.iter().filter(|m| m.prot & image::PROT_EXEC != 0 && pick(m)) {
+fn find_syscall_insn(
+    mem: &Memory,
+    maps: &[Mapping],
+    pick: impl Fn(&Mapping) -> bool,
+) -> Result<u64> {
+    for m in maps
+        .iter()
+        .filter(|m| m.prot & image::PROT_EXEC != 0 && pick(m))
+    {
         let bytes = mem.read(m.start, (m.end - m.start) as usize)?;
         if let Some(off) = find_bytes(&bytes, &[0x0f, 0x05]) {
             return Ok(m.start + off as u64);
         }
     }
-    Err(capture_err!("no syscall instruction found to move ld.so with"))
+    Err(capture_err!(
+        "no syscall instruction found to move ld.so with"
+    ))
 }
 
 /// Moves a mapping with an injected mremap(MREMAP_MAYMOVE | MREMAP_FIXED).
@@ -229,7 +255,9 @@ fn move_mapping(t: &mut Tracee, insn: u64, from: u64, len: u64, to: u64) -> Resu
     const MREMAP: u64 = 25;
     let ret = t.inject_syscall(insn, MREMAP, [from, len, len, 3, to, 0])?;
     if ret as u64 != to {
-        return Err(capture_err!("cannot move mapping {from:#x}+{len:#x} to {to:#x} (mremap: {ret})"));
+        return Err(capture_err!(
+            "cannot move mapping {from:#x}+{len:#x} to {to:#x} (mremap: {ret})"
+        ));
     }
     Ok(())
 }
@@ -246,8 +274,12 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
     let maps = procfs::maps(pid)?;
     let sp = regs.rsp & if word == 4 { 0xffff_ffff } else { u64::MAX };
     let mut stack = read_stack(mem, sp, word, &maps)?;
-    let at_entry = stack.aux(AT_ENTRY).ok_or_else(|| capture_err!("no AT_ENTRY"))?;
-    let at_phdr = stack.aux(AT_PHDR).ok_or_else(|| capture_err!("no AT_PHDR"))?;
+    let at_entry = stack
+        .aux(AT_ENTRY)
+        .ok_or_else(|| capture_err!("no AT_ENTRY"))?;
+    let at_phdr = stack
+        .aux(AT_PHDR)
+        .ok_or_else(|| capture_err!("no AT_PHDR"))?;
     let at_base = stack.aux(AT_BASE).unwrap_or(0);
     if at_base == 0 {
         return Err(capture_err!("the kernel started no program interpreter"));
@@ -274,7 +306,9 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
         // The program's file mappings and the anonymous bss right after them.
         let mut exe: Vec<Mapping> = Vec::new();
         for m in &maps {
-            if m.path == exe_path || (!exe.is_empty() && m.path.is_empty() && m.start == exe.last().unwrap().end) {
+            if m.path == exe_path
+                || (!exe.is_empty() && m.path.is_empty() && m.start == exe.last().unwrap().end)
+            {
                 exe.push(m.clone());
             }
         }
@@ -283,7 +317,13 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
             let insn = find_syscall_insn(mem, &maps, |m| m.path == interp_path)?;
             let delta = PIE_BASE.wrapping_sub(lo);
             for m in &exe {
-                move_mapping(t, insn, m.start, m.end - m.start, m.start.wrapping_add(delta))?;
+                move_mapping(
+                    t,
+                    insn,
+                    m.start,
+                    m.end - m.start,
+                    m.start.wrapping_add(delta),
+                )?;
             }
             at_phdr = at_phdr.wrapping_add(delta);
             at_entry = at_entry.wrapping_add(delta);
@@ -293,14 +333,21 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
         }
     }
     if prog.arch == Arch::X86_64 {
-        let exe_hi = maps.iter().filter(|m| m.path == exe_path).map(|m| m.end).max().unwrap();
+        let exe_hi = maps
+            .iter()
+            .filter(|m| m.path == exe_path)
+            .map(|m| m.end)
+            .max()
+            .unwrap();
         let window_lo = align_up(exe_hi, GIB) + HEAP_ROOM;
         let vdso = maps.iter().find(|m| m.path == "[vdso]").cloned();
         let ldso: Vec<Mapping> = {
             // ld.so's file mappings and the anonymous bss that follows them.
             let mut v: Vec<Mapping> = Vec::new();
             for m in &maps {
-                if m.path == interp_path || (!v.is_empty() && m.path.is_empty() && m.start == v.last().unwrap().end) {
+                if m.path == interp_path
+                    || (!v.is_empty() && m.path.is_empty() && m.start == v.last().unwrap().end)
+                {
                     v.push(m.clone());
                 }
             }
@@ -318,7 +365,9 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
             let maps2 = procfs::maps(pid)?;
             find_syscall_insn(mem, &maps2, |m| m.path == "[vdso]")?
         } else {
-            return Err(capture_err!("the capture kernel gives no vDSO; cannot move ld.so"));
+            return Err(capture_err!(
+                "the capture kernel gives no vDSO; cannot move ld.so"
+            ));
         };
         let lo = ldso.first().unwrap().start;
         let hi = ldso.last().unwrap().end;
@@ -331,10 +380,15 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
         regs.rip += delta;
         t.set_regs(regs)?;
         let cursor = align_up(hi + delta + 0x10000, 0x20_0000);
-        layout = Some(Layout { cursor, window: (window_lo, window_lo + 200 * GIB) });
+        layout = Some(Layout {
+            cursor,
+            window: (window_lo, window_lo + 200 * GIB),
+        });
     }
     // No per-capture randomness in the image: see RANDOM_PATTERN.
-    let random = stack.aux(AT_RANDOM).ok_or_else(|| capture_err!("no AT_RANDOM"))?;
+    let random = stack
+        .aux(AT_RANDOM)
+        .ok_or_else(|| capture_err!("no AT_RANDOM"))?;
     mem.write(random, &RANDOM_PATTERN)?;
 
     // 3. Breakpoint where `_dl_start` returns into `_dl_start_user`: right after the first
@@ -350,7 +404,11 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
     let orig = mem.read(bp, 1)?[0];
     mem.write(bp, &[0xcc])?;
 
-    let nrs = if prog.arch == Arch::X86_64 { &X86_64_NRS } else { &I386_NRS };
+    let nrs = if prog.arch == Arch::X86_64 {
+        &X86_64_NRS
+    } else {
+        &I386_NRS
+    };
     let mut rec = Recorded::default();
     let mut in_syscall = false;
     let mut pending_hint: Option<(u64, u64)> = None;
@@ -425,7 +483,11 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
         for m in &maps {
             let special = m.path.starts_with('[') && m.path != "[heap]";
             let exe = m.path == exe_path;
-            if !special && !exe && m.path != "[heap]" && (m.start < l.window.0 || m.end > l.window.1) {
+            if !special
+                && !exe
+                && m.path != "[heap]"
+                && (m.start < l.window.0 || m.end > l.window.1)
+            {
                 // Anonymous bss right after the program is part of the program.
                 let after_exe = maps.iter().any(|e| e.path == exe_path && e.end == m.start);
                 if !after_exe {
@@ -453,38 +515,68 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
         if m.start <= stack.sp && stack.sp < m.end {
             continue;
         }
-        let data = if m.prot == 0 { None } else { Some(mem.read(m.start, (m.end - m.start) as usize)?) };
-        let origin = if m.path == "[vdso]" { "[vdso proxy]".to_string() } else { m.path.clone() };
+        let data = if m.prot == 0 {
+            None
+        } else {
+            Some(mem.read(m.start, (m.end - m.start) as usize)?)
+        };
+        let origin = if m.path == "[vdso]" {
+            "[vdso proxy]".to_string()
+        } else {
+            m.path.clone()
+        };
         if m.path.starts_with('/') && !objects.iter().any(|o| o.path == m.path) {
-            objects.push(Object { path: m.path.clone(), base: m.start - m.offset });
+            objects.push(Object {
+                path: m.path.clone(),
+                base: m.start - m.offset,
+            });
         }
-        regions.push(Region { start: m.start, end: m.end, prot: m.prot, origin, data });
+        regions.push(Region {
+            start: m.start,
+            end: m.end,
+            prot: m.prot,
+            origin,
+            data,
+        });
     }
     let tls = match prog.arch {
-        Arch::X86_64 => abi::Tls { base: regs.fs_base, ..Default::default() },
+        Arch::X86_64 => abi::Tls {
+            base: regs.fs_base,
+            ..Default::default()
+        },
         Arch::I386 => {
-            let mut tls = rec.thread_area.ok_or_else(|| capture_err!("ld.so set up no TLS (set_thread_area)"))?;
+            let mut tls = rec
+                .thread_area
+                .ok_or_else(|| capture_err!("ld.so set up no TLS (set_thread_area)"))?;
             tls.selector = regs.gs as u32;
             tls
         }
     };
     let mut start_brk = procfs::start_brk(pid)?;
     let mut brk = rec.brk.unwrap_or(start_brk).max(start_brk);
-    let exe_end = maps.iter().filter(|m| m.path == exe_path).map(|m| m.end).max().unwrap_or(0);
+    let exe_end = maps
+        .iter()
+        .filter(|m| m.path == exe_path)
+        .map(|m| m.end)
+        .max()
+        .unwrap_or(0);
     let heap_used = maps.iter().any(|m| m.path == "[heap]");
     if !heap_used && !(exe_end..exe_end + HEAP_ROOM).contains(&start_brk) {
         // The program was moved and its heap is still empty: the break follows the
         // program, as the kernel would have put it (linux `fs/binfmt_elf.c`).
         let bss_end = maps
             .iter()
-            .filter(|m| m.start >= exe_end && maps.iter().any(|e| e.path == exe_path && e.end == m.start))
+            .filter(|m| {
+                m.start >= exe_end && maps.iter().any(|e| e.path == exe_path && e.end == m.start)
+            })
             .map(|m| m.end)
             .max()
             .unwrap_or(exe_end);
         start_brk = bss_end;
         brk = bss_end;
     }
-    let (start_code, end_code, start_data, end_data) = program_ranges(prog, at_phdr, &maps, &exe_path);
+    let (start_code, end_code, start_data, end_data) =
+        program_ranges(prog, at_phdr, &maps, &exe_path);
     let enable_secure = crate::symbols::lookup_dynsym(&interp_path, "__libc_enable_secure")
         .map(|v| v + ldso_base)
         .unwrap_or(0);
@@ -499,17 +591,32 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
         at_base: ldso_base,
         tls,
         regs: rec.regs,
-        mm: abi::MmLayout { start_code, end_code, start_data, end_data, start_brk, brk },
+        mm: abi::MmLayout {
+            start_code,
+            end_code,
+            start_data,
+            end_data,
+            start_brk,
+            brk,
+        },
         enable_secure,
         fixups: Vec::new(),
-        vdso: vdso.map(|(start, end)| image::Vdso { start, end, entries: Vec::new() }),
+        vdso: vdso.map(|(start, end)| image::Vdso {
+            start,
+            end,
+            entries: Vec::new(),
+        }),
         stack_flags: prog.stack_flags,
         objects,
         cpu_needs: 0,
         cpu_level: String::new(),
     };
     let _ = AT_SYSINFO;
-    Ok(Captured { image, stack, warnings })
+    Ok(Captured {
+        image,
+        stack,
+        warnings,
+    })
 }
 
 fn mask(word: usize) -> u64 {
@@ -522,8 +629,18 @@ fn mask(word: usize) -> u64 {
 
 /// start_code/end_code/start_data/end_data as the kernel computed them for the original
 /// program (linux `fs/binfmt_elf.c`, `load_elf_binary`), from its PT_LOADs and load bias.
-fn program_ranges(prog: &Program, at_phdr: u64, maps: &[Mapping], exe_path: &str) -> (u64, u64, u64, u64) {
-    let lowest = maps.iter().filter(|m| m.path == exe_path).map(|m| m.start).min().unwrap_or(0);
+fn program_ranges(
+    prog: &Program,
+    at_phdr: u64,
+    maps: &[Mapping],
+    exe_path: &str,
+) -> (u64, u64, u64, u64) {
+    let lowest = maps
+        .iter()
+        .filter(|m| m.path == exe_path)
+        .map(|m| m.start)
+        .min()
+        .unwrap_or(0);
     let first_vaddr = prog.loads.iter().map(|l| l.0).min().unwrap_or(0) & !0xfff;
     let bias = if prog.pie { lowest - first_vaddr } else { 0 };
     let _ = at_phdr;
@@ -551,7 +668,14 @@ fn program_ranges(prog: &Program, at_phdr: u64, maps: &[Mapping], exe_path: &str
 }
 
 /// Notes the kernel state a system call registered, at its exit stop.
-fn record(rec: &mut Recorded, nrs: &Nrs, arch: Arch, enter: &tracee::Regs, exit: &tracee::Regs, mem: &Memory) -> Result<()> {
+fn record(
+    rec: &mut Recorded,
+    nrs: &Nrs,
+    arch: Arch,
+    enter: &tracee::Regs,
+    exit: &tracee::Regs,
+    mem: &Memory,
+) -> Result<()> {
     let nr = enter.orig_rax;
     let ok = (exit.rax as i64) >= 0 && (arch == Arch::X86_64 || (exit.rax as u32 as i32) >= 0);
     // Arguments: rdi, rsi, rdx, r10 on x86-64; ebx, ecx, edx, esi on i386.
@@ -574,7 +698,13 @@ fn record(rec: &mut Recorded, nrs: &Nrs, arch: Arch, enter: &tracee::Regs, exit:
     } else if Some(nr) == nrs.set_thread_area {
         let d = mem.read(a[0], 16)?;
         let f = |i: usize| u32::from_le_bytes(d[i..i + 4].try_into().unwrap());
-        rec.thread_area = Some(abi::Tls { entry: f(0), base: u64::from(f(4)), limit: f(8), flags: f(12), selector: 0 });
+        rec.thread_area = Some(abi::Tls {
+            entry: f(0),
+            base: u64::from(f(4)),
+            limit: f(8),
+            flags: f(12),
+            selector: 0,
+        });
     }
     Ok(())
 }

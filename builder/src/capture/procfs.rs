@@ -24,9 +24,13 @@ pub fn maps(pid: i32) -> Result<Vec<Mapping>> {
         };
         let (_dev, _inode) = (f.next(), f.next());
         let path = f.next().unwrap_or("").trim().to_string();
-        let Some((a, b)) = range.split_once('-') else { continue };
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
         let p = perms.as_bytes();
-        let prot = u32::from(p[0] == b'r') | (u32::from(p[1] == b'w') << 1) | (u32::from(p[2] == b'x') << 2);
+        let prot = u32::from(p[0] == b'r')
+            | (u32::from(p[1] == b'w') << 1)
+            | (u32::from(p[2] == b'x') << 2);
         out.push(Mapping {
             start: u64::from_str_radix(a, 16).unwrap_or(0),
             end: u64::from_str_radix(b, 16).unwrap_or(0),

@@ -33,23 +33,26 @@ pub enum Stop {
 impl Tracee {
     /// Starts `program` with `argv` and `env`, without address-space randomisation, stopped
     /// at the first instruction after execve (ld.so's entry).
-    pub fn spawn(program: &Path, argv: &[OsString], env: &[(OsString, OsString)], last_cpu: bool) -> Result<Tracee> {
+    pub fn spawn(
+        program: &Path,
+        argv: &[OsString],
+        env: &[(OsString, OsString)],
+    ) -> Result<Tracee> {
         let mut cmd = Command::new(program);
         if let Some(a0) = argv.first() {
             cmd.arg0(a0);
         }
-        cmd.args(argv.iter().skip(1)).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+        cmd.args(argv.iter().skip(1))
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null());
-        // The capture runs on one fixed CPU (the first or the last allowed one): ld.so
-        // records CPUID results, and leaf 1 holds the APIC ID of the CPU it ran on.
-        let cpu = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok().and_then(|set| {
-            let mut allowed = (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false));
-            if last_cpu {
-                allowed.last()
-            } else {
-                allowed.next()
-            }
-        });
+        // The capture runs on the first CPU the caller may use: ld.so records CPUID
+        // results, and leaf 1 holds the APIC ID of the CPU it ran on.
+        let cpu = nix::sched::sched_getaffinity(Pid::from_raw(0))
+            .ok()
+            .and_then(|set| {
+                (0..nix::sched::CpuSet::count()).find(|&c| set.is_set(c).unwrap_or(false))
+            });
         // SAFETY: between fork and exec the closure only makes system calls
         // (sched_setaffinity, ptrace(PTRACE_TRACEME), personality(2)), all async-signal-safe.
         unsafe {
@@ -66,15 +69,26 @@ impl Tracee {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| capture_err!("cannot run {}: {}", program.display(), crate::program::io_reason(&e)))?;
-        let mut t = Tracee { pid: Pid::from_raw(child.id() as i32), alive: true };
+        let child = cmd.spawn().map_err(|e| {
+            capture_err!(
+                "cannot run {}: {}",
+                program.display(),
+                crate::program::io_reason(&e)
+            )
+        })?;
+        let mut t = Tracee {
+            pid: Pid::from_raw(child.id() as i32),
+            alive: true,
+        };
         // After a successful execve a PTRACE_TRACEME child stops with SIGTRAP
         // (ptrace(2), "execve(2) under ptrace").
         match t.wait()? {
             Stop::Signal(Signal::SIGTRAP) => {}
-            other => return Err(capture_err!("unexpected first stop of the program: {other:?}")),
+            other => {
+                return Err(capture_err!(
+                    "unexpected first stop of the program: {other:?}"
+                ))
+            }
         }
         ptrace::setoptions(
             t.pid,
@@ -126,12 +140,17 @@ impl Tracee {
         r.rip = insn;
         r.rax = nr;
         r.orig_rax = u64::MAX;
-        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) = (args[0], args[1], args[2], args[3], args[4], args[5]);
+        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) =
+            (args[0], args[1], args[2], args[3], args[4], args[5]);
         self.set_regs(r)?;
         ptrace::step(self.pid, None).map_err(|e| capture_err!("ptrace(SINGLESTEP): {e}"))?;
         match self.wait()? {
             Stop::Signal(Signal::SIGTRAP) => {}
-            other => return Err(capture_err!("injected system call {nr} stopped with {other:?}")),
+            other => {
+                return Err(capture_err!(
+                    "injected system call {nr} stopped with {other:?}"
+                ))
+            }
         }
         let ret = self.regs()?.rax as i64;
         self.set_regs(saved)?;

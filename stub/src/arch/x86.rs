@@ -79,12 +79,19 @@ struct UserDesc {
 /// a 32-bit one (6-8) and qemu-i386. glibc reads the entry back from `%gs` when it creates
 /// threads, so only `%gs` has to agree with the descriptor.
 pub fn set_thread_pointer(tls: &elfpack_stub::abi::Tls) -> isize {
-    let mut desc =
-        UserDesc { entry_number: u32::MAX, base_addr: tls.base as u32, limit: tls.limit, flags: tls.flags };
+    let mut desc = UserDesc {
+        entry_number: u32::MAX,
+        base_addr: tls.base as u32,
+        limit: tls.limit,
+        flags: tls.flags,
+    };
     // SAFETY: set_thread_area(2) reads and updates `desc` (linux
     // `arch/x86/kernel/tls.c`, `do_set_thread_area`).
     let ret = unsafe {
-        syscall6(g::__NR_set_thread_area, [&mut desc as *mut UserDesc as usize, 0, 0, 0, 0, 0])
+        syscall6(
+            g::__NR_set_thread_area,
+            [&mut desc as *mut UserDesc as usize, 0, 0, 0, 0, 0],
+        )
     };
     if ret < 0 {
         return ret;
@@ -196,7 +203,10 @@ pub fn vdso_fallback(func: u32, st: &crate::stack::InitialStack) -> Option<usize
     if func == KERNEL_VSYSCALL {
         // The kernel names its system-call entry in AT_SYSINFO even when the vDSO has no
         // symbol table entry for it.
-        if let Some(p) = st.aux(linux_raw_sys::auxvec::AT_SYSINFO).filter(|&p| p != 0) {
+        if let Some(p) = st
+            .aux(linux_raw_sys::auxvec::AT_SYSINFO)
+            .filter(|&p| p != 0)
+        {
             return Some(p);
         }
     }

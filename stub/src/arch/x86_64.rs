@@ -54,7 +54,14 @@ pub fn set_thread_pointer(tls: &elfpack_stub::abi::Tls) -> isize {
     unsafe {
         syscall6(
             linux_raw_sys::general::__NR_arch_prctl,
-            [linux_raw_sys::general::ARCH_SET_FS as usize, tls.base as usize, 0, 0, 0, 0],
+            [
+                linux_raw_sys::general::ARCH_SET_FS as usize,
+                tls.base as usize,
+                0,
+                0,
+                0,
+                0,
+            ],
         )
     }
 }
@@ -100,11 +107,20 @@ macro_rules! vdso_fallback {
     };
 }
 
-vdso_fallback!(fallback_clock_gettime, linux_raw_sys::general::__NR_clock_gettime);
-vdso_fallback!(fallback_gettimeofday, linux_raw_sys::general::__NR_gettimeofday);
+vdso_fallback!(
+    fallback_clock_gettime,
+    linux_raw_sys::general::__NR_clock_gettime
+);
+vdso_fallback!(
+    fallback_gettimeofday,
+    linux_raw_sys::general::__NR_gettimeofday
+);
 vdso_fallback!(fallback_time, linux_raw_sys::general::__NR_time);
 vdso_fallback!(fallback_getcpu, linux_raw_sys::general::__NR_getcpu);
-vdso_fallback!(fallback_clock_getres, linux_raw_sys::general::__NR_clock_getres);
+vdso_fallback!(
+    fallback_clock_getres,
+    linux_raw_sys::general::__NR_clock_getres
+);
 
 /// Fallback for `__vdso_getrandom`, whose arguments are not those of the system call:
 /// report ENOSYS, which callers of the vDSO function handle by using the system call.
