@@ -37,16 +37,18 @@ fn classify(st: &StackInfo, w: u64, v: u64, addr: u64) -> Result<Fixup> {
     let envp0 = argv0 + w * (argc + 1);
     let auxv0 = st.auxv_addr;
     let auxv_end = auxv0 + 2 * w * st.auxv.len() as u64;
-    if (st.sp..argv0).contains(&v) {
-        return Ok(f(k::STACK_ARGC, 0, v - st.sp));
+    // Pointers into the vectors point at their elements.
+    let aligned = |base: u64| (v - base) % w == 0;
+    if v == st.sp {
+        return Ok(f(k::STACK_ARGC, 0, 0));
     }
-    if (argv0..envp0).contains(&v) {
+    if (argv0..envp0).contains(&v) && aligned(argv0) {
         return Ok(f(k::ARGV_ARRAY, 0, v - argv0));
     }
-    if (envp0..auxv0).contains(&v) {
+    if (envp0..auxv0).contains(&v) && aligned(envp0) {
         return Ok(f(k::ENVP_ARRAY, 0, v - envp0));
     }
-    if (auxv0..auxv_end).contains(&v) {
+    if (auxv0..auxv_end).contains(&v) && aligned(auxv0) {
         return Ok(f(k::AUXV_ARRAY, 0, v - auxv0));
     }
     if let Some(p) = st.aux(25 /* AT_RANDOM */) {
@@ -54,13 +56,15 @@ fn classify(st: &StackInfo, w: u64, v: u64, addr: u64) -> Result<Fixup> {
             return Ok(f(k::AUX_POINTER, 25, v - p));
         }
     }
-    for (i, &(p, len)) in st.argv.iter().enumerate() {
-        if v >= p && v <= p + len as u64 {
-            return Ok(f(k::ARGV_STRING, i as u32, v - p));
+    // Pointers into strings point at their start, or (environment) at the value after '='.
+    for (i, &(p, _)) in st.argv.iter().enumerate() {
+        if v == p {
+            return Ok(f(k::ARGV_STRING, i as u32, 0));
         }
     }
     for (p, s) in &st.envp {
-        if v >= *p && v <= p + s.len() as u64 {
+        let value_at = s.iter().position(|&c| c == b'=').map_or(0, |i| i as u64 + 1);
+        if v == *p || v == p + value_at {
             let mut fx = f(k::ENV_STRING, 0, v - p);
             let mut copy = s.clone();
             copy.push(0);
@@ -72,18 +76,20 @@ fn classify(st: &StackInfo, w: u64, v: u64, addr: u64) -> Result<Fixup> {
     let nearest = POINTER_AUX
         .iter()
         .filter_map(|&tag| st.aux(tag).map(|p| (tag, p)))
-        .filter(|&(_, p)| p <= v && v < p + 4096)
+        .filter(|&(_, p)| p == v)
         .max_by_key(|&(_, p)| p);
     if let Some((tag, p)) = nearest {
         return Ok(f(k::AUX_POINTER, tag as u32, v - p));
     }
-    Err(other!(
-        "the image holds a pointer at {addr:#x} into the capture-time stack ({v:#x}) that elfpack cannot redirect"
-    ))
+    Err(other!("{addr:#x} holds {v:#x}, inside the capture-time stack but not at anything ld.so keeps"))
 }
 
 /// Finds every fixup, records it in `image.fixups` and zeroes the word in the image.
-pub fn find(image: &mut Image, st: &StackInfo) -> Result<()> {
+/// Returns notes on words that fall inside the capture-time stack's range without pointing
+/// at any of its parts (on i386 ordinary data can look like such an address); those are
+/// left as they are.
+pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
     let w = image.arch.word();
     let canary = word_of(&RANDOM_PATTERN, w) & !0xff;
     let guard = word_of(&RANDOM_PATTERN[w..], w);
@@ -93,7 +99,16 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<()> {
             continue;
         }
         let Some(data) = &r.data else { continue };
+        // Pages still equal to their file hold nothing ld.so wrote (constant tables, such
+        // as .eh_frame_hdr's relative offsets, can look like stack addresses on i386).
+        let file = if r.origin.starts_with('/') { read_file_range(&r.origin, r.file_offset, data.len()) } else { None };
         for (i, chunk) in data.chunks_exact(w).enumerate() {
+            if let Some(file) = &file {
+                let page = i * w / 4096 * 4096;
+                if data[page..(page + 4096).min(data.len())] == file[page..(page + 4096).min(file.len())] {
+                    continue;
+                }
+            }
             let v = word_of(chunk, w);
             let addr = r.start + (i * w) as u64;
             if v == canary {
@@ -113,7 +128,10 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<()> {
                     string: None,
                 });
             } else if v >= st.lo && v < st.hi {
-                found.push(classify(st, w as u64, v, addr)?);
+                match classify(st, w as u64, v, addr) {
+                    Ok(f) => found.push(f),
+                    Err(e) => notes.push(e.to_string()),
+                }
             }
         }
     }
@@ -121,5 +139,16 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<()> {
         image.write_word(f.addr, 0);
     }
     image.fixups = found;
-    Ok(())
+    Ok(notes)
+}
+
+/// `len` bytes of `path` from `offset`, zero-padded past its end (as the kernel maps it).
+fn read_file_range(path: &str, offset: u64, len: usize) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    let mut buf = Vec::with_capacity(len);
+    f.take(len as u64).read_to_end(&mut buf).ok()?;
+    buf.resize(len, 0);
+    Some(buf)
 }

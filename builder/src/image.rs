@@ -18,6 +18,8 @@ pub struct Region {
     pub prot: Prot,
     /// The file the mapping came from, `[heap]`, `[vdso proxy]`, or empty for anonymous.
     pub origin: String,
+    /// Offset in `origin` of the first byte, for file mappings.
+    pub file_offset: u64,
     /// The contents; `None` for reserved (PROT_NONE) ranges, whose contents nobody reads.
     pub data: Option<Vec<u8>>,
 }

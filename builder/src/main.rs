@@ -165,7 +165,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     let captured = capture::capture(&prog, &opts)?;
     let capture_time = t_capture.elapsed();
     let mut image = captured.image;
-    fixups::find(&mut image, &captured.stack)?;
+    let fixup_notes = fixups::find(&mut image, &captured.stack)?;
     normalize::reset_thread_state(&mut image);
     // A second capture shows which words still vary from run to run.
     let again = capture::capture(&prog, &opts)?;
@@ -192,6 +192,12 @@ fn build(a: &BuildArgs) -> Result<()> {
         for w in &captured.warnings {
             eprintln!("elfpack: note: {w}");
         }
+        for n in fixup_notes.iter().take(5) {
+            eprintln!("elfpack: note: left as is: {n}");
+        }
+        if fixup_notes.len() > 5 {
+            eprintln!("elfpack: note: ... and {} more such words", fixup_notes.len() - 5);
+        }
         if !varying.is_empty() {
             let list: Vec<String> = varying.iter().map(|a| format!("{a:#x}")).collect();
             eprintln!(
@@ -217,6 +223,9 @@ fn build(a: &BuildArgs) -> Result<()> {
                 v.end,
                 names.join(" ")
             );
+        }
+        for f in &image.fixups {
+            eprintln!("  fixup {:#014x} kind {} arg {} offset {:#x}", f.addr, f.kind, f.arg, f.offset);
         }
         for r in &image.regions {
             eprintln!(

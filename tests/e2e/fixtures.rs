@@ -151,6 +151,26 @@ matrix! {
     cxx_x86_64_nopie_nobody: check_cxx, Arch::X86_64, "nopie", Mode::Nobody;
     cxx_x86_64_nopie_chroot: check_cxx, Arch::X86_64, "nopie", Mode::Chroot;
     cxx_x86_64_nopie_qemu: check_cxx, Arch::X86_64, "nopie", Mode::Qemu;
+    c_i386_pie_native: check_c, Arch::I386, "pie", Mode::Native;
+    c_i386_pie_noaslr: check_c, Arch::I386, "pie", Mode::NoAslr;
+    c_i386_pie_nobody: check_c, Arch::I386, "pie", Mode::Nobody;
+    c_i386_pie_chroot: check_c, Arch::I386, "pie", Mode::Chroot;
+    c_i386_pie_qemu: check_c, Arch::I386, "pie", Mode::Qemu;
+    cxx_i386_pie_native: check_cxx, Arch::I386, "pie", Mode::Native;
+    cxx_i386_pie_noaslr: check_cxx, Arch::I386, "pie", Mode::NoAslr;
+    cxx_i386_pie_nobody: check_cxx, Arch::I386, "pie", Mode::Nobody;
+    cxx_i386_pie_chroot: check_cxx, Arch::I386, "pie", Mode::Chroot;
+    cxx_i386_pie_qemu: check_cxx, Arch::I386, "pie", Mode::Qemu;
+    c_i386_nopie_native: check_c, Arch::I386, "nopie", Mode::Native;
+    c_i386_nopie_noaslr: check_c, Arch::I386, "nopie", Mode::NoAslr;
+    c_i386_nopie_nobody: check_c, Arch::I386, "nopie", Mode::Nobody;
+    c_i386_nopie_chroot: check_c, Arch::I386, "nopie", Mode::Chroot;
+    c_i386_nopie_qemu: check_c, Arch::I386, "nopie", Mode::Qemu;
+    cxx_i386_nopie_native: check_cxx, Arch::I386, "nopie", Mode::Native;
+    cxx_i386_nopie_noaslr: check_cxx, Arch::I386, "nopie", Mode::NoAslr;
+    cxx_i386_nopie_nobody: check_cxx, Arch::I386, "nopie", Mode::Nobody;
+    cxx_i386_nopie_chroot: check_cxx, Arch::I386, "nopie", Mode::Chroot;
+    cxx_i386_nopie_qemu: check_cxx, Arch::I386, "nopie", Mode::Qemu;
 }
 
 /// 200 consecutive runs of one packed fixture under ASLR all behave like the original.
@@ -167,4 +187,9 @@ fn stress(arch: Arch) {
 #[test]
 fn stress_200_runs_x86_64() {
     stress(Arch::X86_64)
+}
+
+#[test]
+fn stress_200_runs_i386() {
+    stress(Arch::I386)
 }

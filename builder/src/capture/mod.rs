@@ -536,6 +536,7 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
             end: m.end,
             prot: m.prot,
             origin,
+            file_offset: m.offset,
             data,
         });
     }
