@@ -63,7 +63,10 @@ fn classify(st: &StackInfo, w: u64, v: u64, addr: u64) -> Result<Fixup> {
         }
     }
     for (p, s) in &st.envp {
-        let value_at = s.iter().position(|&c| c == b'=').map_or(0, |i| i as u64 + 1);
+        let value_at = s
+            .iter()
+            .position(|&c| c == b'=')
+            .map_or(0, |i| i as u64 + 1);
         if v == *p || v == p + value_at {
             let mut fx = f(k::ENV_STRING, 0, v - p);
             let mut copy = s.clone();
@@ -81,7 +84,9 @@ fn classify(st: &StackInfo, w: u64, v: u64, addr: u64) -> Result<Fixup> {
     if let Some((tag, p)) = nearest {
         return Ok(f(k::AUX_POINTER, tag as u32, v - p));
     }
-    Err(other!("{addr:#x} holds {v:#x}, inside the capture-time stack but not at anything ld.so keeps"))
+    Err(other!(
+        "{addr:#x} holds {v:#x}, inside the capture-time stack but not at anything ld.so keeps"
+    ))
 }
 
 /// Finds every fixup, records it in `image.fixups` and zeroes the word in the image.
@@ -101,11 +106,17 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
         let Some(data) = &r.data else { continue };
         // Pages still equal to their file hold nothing ld.so wrote (constant tables, such
         // as .eh_frame_hdr's relative offsets, can look like stack addresses on i386).
-        let file = if r.origin.starts_with('/') { read_file_range(&r.origin, r.file_offset, data.len()) } else { None };
+        let file = if r.origin.starts_with('/') {
+            read_file_range(&r.origin, r.file_offset, data.len())
+        } else {
+            None
+        };
         for (i, chunk) in data.chunks_exact(w).enumerate() {
             if let Some(file) = &file {
                 let page = i * w / 4096 * 4096;
-                if data[page..(page + 4096).min(data.len())] == file[page..(page + 4096).min(file.len())] {
+                if data[page..(page + 4096).min(data.len())]
+                    == file[page..(page + 4096).min(file.len())]
+                {
                     continue;
                 }
             }

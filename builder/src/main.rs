@@ -196,7 +196,10 @@ fn build(a: &BuildArgs) -> Result<()> {
             eprintln!("elfpack: note: left as is: {n}");
         }
         if fixup_notes.len() > 5 {
-            eprintln!("elfpack: note: ... and {} more such words", fixup_notes.len() - 5);
+            eprintln!(
+                "elfpack: note: ... and {} more such words",
+                fixup_notes.len() - 5
+            );
         }
         if !varying.is_empty() {
             let list: Vec<String> = varying.iter().map(|a| format!("{a:#x}")).collect();
@@ -225,7 +228,10 @@ fn build(a: &BuildArgs) -> Result<()> {
             );
         }
         for f in &image.fixups {
-            eprintln!("  fixup {:#014x} kind {} arg {} offset {:#x}", f.addr, f.kind, f.arg, f.offset);
+            eprintln!(
+                "  fixup {:#014x} kind {} arg {} offset {:#x}",
+                f.addr, f.kind, f.arg, f.offset
+            );
         }
         for r in &image.regions {
             eprintln!(

@@ -31,10 +31,40 @@ pub const RANDOM_PATTERN: [u8; 16] = [
     0x9e, 0x37, 0x79, 0xb9, 0x7f, 0x4a, 0x7c, 0x15, 0xf3, 0x9c, 0xc0, 0x60, 0x5c, 0xed, 0xc8, 0x34,
 ];
 
-/// How far above the program's own mappings the libraries start (x86-64): room for the
-/// heap, and the image stays well inside the 256 GiB that qemu-user can load.
-const HEAP_ROOM: u64 = 32 << 30;
 const GIB: u64 = 1 << 30;
+
+/// Per-architecture facts of the layout steering.
+struct Steer {
+    is64: bool,
+    /// How far above the program's own mappings the libraries start: room for the heap.
+    /// On x86-64 the image stays well inside the 256 GiB that qemu-x86_64 can load; on
+    /// i386 it leaves qemu-i386 most of the 4 GiB for the program's own mappings.
+    heap_room: u64,
+    window_align: u64,
+    window_size: u64,
+    syscall_insn: [u8; 2],
+    mremap: u64,
+    mmap: u64,
+}
+
+const STEER_X86_64: Steer = Steer {
+    is64: true,
+    heap_room: 32 * GIB,
+    window_align: GIB,
+    window_size: 200 * GIB,
+    syscall_insn: [0x0f, 0x05],
+    mremap: 25,
+    mmap: 9,
+};
+const STEER_I386: Steer = Steer {
+    is64: false,
+    heap_room: 512 << 20,
+    window_align: 16 << 20,
+    window_size: 1536 << 20,
+    syscall_insn: [0xcd, 0x80],
+    mremap: 163,
+    mmap: 192,
+};
 /// Where a position-independent x86-64 program is moved at capture. The kernel's own
 /// choice without ASLR (0x555555554000) lies where the host's PIE binaries are loaded
 /// (0x55..-0x56..), including qemu-user itself, which then cannot map the image at its
@@ -87,7 +117,6 @@ struct Recorded {
 
 /// System-call numbers the capture looks at, per architecture of the tracee.
 struct Nrs {
-    mmap: Option<u64>,
     brk: u64,
     set_tid_address: u64,
     set_robust_list: u64,
@@ -96,7 +125,6 @@ struct Nrs {
 }
 
 const X86_64_NRS: Nrs = Nrs {
-    mmap: Some(9),
     brk: 12,
     set_tid_address: 218,
     set_robust_list: 273,
@@ -104,7 +132,6 @@ const X86_64_NRS: Nrs = Nrs {
     set_thread_area: None,
 };
 const I386_NRS: Nrs = Nrs {
-    mmap: None,
     brk: 45,
     set_tid_address: 258,
     set_robust_list: 311,
@@ -230,10 +257,11 @@ fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
-/// Finds a `syscall` instruction (0f 05) inside an executable mapping in `range`.
+/// Finds a system-call instruction inside an executable mapping that `pick` selects.
 fn find_syscall_insn(
     mem: &Memory,
     maps: &[Mapping],
+    steer: &Steer,
     pick: impl Fn(&Mapping) -> bool,
 ) -> Result<u64> {
     for m in maps
@@ -241,7 +269,7 @@ fn find_syscall_insn(
         .filter(|m| m.prot & image::PROT_EXEC != 0 && pick(m))
     {
         let bytes = mem.read(m.start, (m.end - m.start) as usize)?;
-        if let Some(off) = find_bytes(&bytes, &[0x0f, 0x05]) {
+        if let Some(off) = find_bytes(&bytes, &steer.syscall_insn) {
             return Ok(m.start + off as u64);
         }
     }
@@ -251,9 +279,15 @@ fn find_syscall_insn(
 }
 
 /// Moves a mapping with an injected mremap(MREMAP_MAYMOVE | MREMAP_FIXED).
-fn move_mapping(t: &mut Tracee, insn: u64, from: u64, len: u64, to: u64) -> Result<()> {
-    const MREMAP: u64 = 25;
-    let ret = t.inject_syscall(insn, MREMAP, [from, len, len, 3, to, 0])?;
+fn move_mapping(
+    t: &mut Tracee,
+    steer: &Steer,
+    insn: u64,
+    from: u64,
+    len: u64,
+    to: u64,
+) -> Result<()> {
+    let ret = t.inject_syscall(steer.is64, insn, steer.mremap, [from, len, len, 3, to, 0])?;
     if ret as u64 != to {
         return Err(capture_err!(
             "cannot move mapping {from:#x}+{len:#x} to {to:#x} (mremap: {ret})"
@@ -297,8 +331,6 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
     let mut warnings = Vec::new();
 
     // 2. Layout: everything next to the program, on x86-64.
-    let mut layout = None;
-    let mut ldso_base = at_base;
     let mut at_phdr = at_phdr;
     let mut at_entry = at_entry;
     let mut maps = maps;
@@ -314,11 +346,12 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
         }
         let lo = exe.first().unwrap().start;
         if lo != PIE_BASE {
-            let insn = find_syscall_insn(mem, &maps, |m| m.path == interp_path)?;
+            let insn = find_syscall_insn(mem, &maps, &STEER_X86_64, |m| m.path == interp_path)?;
             let delta = PIE_BASE.wrapping_sub(lo);
             for m in &exe {
                 move_mapping(
                     t,
+                    &STEER_X86_64,
                     insn,
                     m.start,
                     m.end - m.start,
@@ -332,14 +365,21 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
             maps = procfs::maps(pid)?;
         }
     }
-    if prog.arch == Arch::X86_64 {
+    let steer = if prog.arch == Arch::X86_64 {
+        &STEER_X86_64
+    } else {
+        &STEER_I386
+    };
+    let mut layout;
+    let ldso_base;
+    {
         let exe_hi = maps
             .iter()
             .filter(|m| m.path == exe_path)
             .map(|m| m.end)
             .max()
             .unwrap();
-        let window_lo = align_up(exe_hi, GIB) + HEAP_ROOM;
+        let window_lo = align_up(exe_hi, steer.window_align) + steer.heap_room;
         let vdso = maps.iter().find(|m| m.path == "[vdso]").cloned();
         let ldso: Vec<Mapping> = {
             // ld.so's file mappings and the anonymous bss that follows them.
@@ -355,15 +395,18 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
         };
         let mut next = window_lo;
         if let Some(v) = &vdso {
-            let insn = find_syscall_insn(mem, &maps, |m| m.path == interp_path)?;
-            move_mapping(t, insn, v.start, v.end - v.start, next)?;
-            let ehdr = next;
-            set_aux(mem, &mut stack, word, AT_SYSINFO_EHDR, ehdr)?;
+            let insn = find_syscall_insn(mem, &maps, steer, |m| m.path == interp_path)?;
+            move_mapping(t, steer, insn, v.start, v.end - v.start, next)?;
+            set_aux(mem, &mut stack, word, AT_SYSINFO_EHDR, next)?;
+            // i386: the system-call entry __kernel_vsyscall moves with the vDSO.
+            if let Some(entry) = stack.aux(AT_SYSINFO).filter(|&e| e >= v.start && e < v.end) {
+                set_aux(mem, &mut stack, word, AT_SYSINFO, entry - v.start + next)?;
+            }
             next = align_up(next + (v.end - v.start) + 0x10000, 0x20_0000);
         }
         let insn = if vdso.is_some() {
             let maps2 = procfs::maps(pid)?;
-            find_syscall_insn(mem, &maps2, |m| m.path == "[vdso]")?
+            find_syscall_insn(mem, &maps2, steer, |m| m.path == "[vdso]")?
         } else {
             return Err(capture_err!(
                 "the capture kernel gives no vDSO; cannot move ld.so"
@@ -373,16 +416,16 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
         let hi = ldso.last().unwrap().end;
         let delta = next - lo;
         for m in &ldso {
-            move_mapping(t, insn, m.start, m.end - m.start, m.start + delta)?;
+            move_mapping(t, steer, insn, m.start, m.end - m.start, m.start + delta)?;
         }
         ldso_base = at_base + delta;
         set_aux(mem, &mut stack, word, AT_BASE, ldso_base)?;
-        regs.rip += delta;
+        regs.rip = (regs.rip + delta) & mask(word);
         t.set_regs(regs)?;
         let cursor = align_up(hi + delta + 0x10000, 0x20_0000);
         layout = Some(Layout {
             cursor,
-            window: (window_lo, window_lo + 200 * GIB),
+            window: (window_lo, window_lo + steer.window_size),
         });
     }
     // No per-capture randomness in the image: see RANDOM_PATTERN.
@@ -421,20 +464,28 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
                 let r = t.regs()?;
                 if !in_syscall {
                     entry_regs = r;
-                    if let (Some(mmap), Some(l)) = (nrs.mmap, layout.as_ref()) {
+                    if let Some(l) = layout.as_ref() {
                         const MAP_FIXED: u64 = 0x10;
                         const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
-                        if r.orig_rax == mmap && r.rdi == 0 && r.r10 & (MAP_FIXED | MAP_FIXED_NOREPLACE) == 0 {
+                        // mmap(addr, len, prot, flags, ...): rdi, rsi, rdx, r10 on x86-64;
+                        // mmap2: ebx, ecx, edx, esi on i386.
+                        let (addr, len, flags) =
+                            if steer.is64 { (r.rdi, r.rsi, r.r10) } else { (r.rbx, r.rcx, r.rsi) };
+                        if r.orig_rax == steer.mmap && addr == 0 && flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) == 0 {
                             let mut r2 = r;
-                            r2.rdi = l.cursor;
+                            if steer.is64 {
+                                r2.rdi = l.cursor;
+                            } else {
+                                r2.rbx = l.cursor;
+                            }
                             t.set_regs(r2)?;
-                            pending_hint = Some((l.cursor, r.rsi));
+                            pending_hint = Some((l.cursor, len));
                         }
                     }
                 } else {
                     record(&mut rec, nrs, prog.arch, &entry_regs, &r, mem)?;
                     if let (Some((hint, len)), Some(l)) = (pending_hint.take(), layout.as_mut()) {
-                        let got = r.rax as i64;
+                        let got = if steer.is64 { r.rax as i64 } else { i64::from(r.rax as u32 as i32) };
                         if got >= 0 {
                             let got = got as u64;
                             if got != hint {
@@ -562,7 +613,7 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
         .max()
         .unwrap_or(0);
     let heap_used = maps.iter().any(|m| m.path == "[heap]");
-    if !heap_used && !(exe_end..exe_end + HEAP_ROOM).contains(&start_brk) {
+    if !heap_used && !(exe_end..exe_end + steer.heap_room).contains(&start_brk) {
         // The program was moved and its heap is still empty: the break follows the
         // program, as the kernel would have put it (linux `fs/binfmt_elf.c`).
         let bss_end = maps
@@ -612,7 +663,6 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
         cpu_needs: 0,
         cpu_level: String::new(),
     };
-    let _ = AT_SYSINFO;
     Ok(Captured {
         image,
         stack,

@@ -131,17 +131,28 @@ impl Tracee {
         ptrace::syscall(self.pid, sig).map_err(|e| capture_err!("ptrace(SYSCALL): {e}"))
     }
 
-    /// Runs one system call in the tracee by pointing it at a `syscall` instruction at
-    /// `insn` and single-stepping over it; every register is restored afterwards.
-    /// x86-64 tracees only.
-    pub fn inject_syscall(&mut self, insn: u64, nr: u64, args: [u64; 6]) -> Result<i64> {
+    /// Runs one system call in the tracee by pointing it at a system-call instruction at
+    /// `insn` (`syscall` for 64-bit, `int $0x80` for 32-bit tracees) and single-stepping
+    /// over it; every register is restored afterwards.
+    pub fn inject_syscall(
+        &mut self,
+        is64: bool,
+        insn: u64,
+        nr: u64,
+        args: [u64; 6],
+    ) -> Result<i64> {
         let saved = self.regs()?;
         let mut r = saved;
         r.rip = insn;
         r.rax = nr;
         r.orig_rax = u64::MAX;
-        (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) =
-            (args[0], args[1], args[2], args[3], args[4], args[5]);
+        if is64 {
+            (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) =
+                (args[0], args[1], args[2], args[3], args[4], args[5]);
+        } else {
+            (r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp) =
+                (args[0], args[1], args[2], args[3], args[4], args[5]);
+        }
         self.set_regs(r)?;
         ptrace::step(self.pid, None).map_err(|e| capture_err!("ptrace(SINGLESTEP): {e}"))?;
         match self.wait()? {
@@ -152,7 +163,12 @@ impl Tracee {
                 ))
             }
         }
-        let ret = self.regs()?.rax as i64;
+        let rax = self.regs()?.rax;
+        let ret = if is64 {
+            rax as i64
+        } else {
+            i64::from(rax as u32 as i32)
+        };
         self.set_regs(saved)?;
         Ok(ret)
     }
