@@ -38,7 +38,7 @@ fn classify(st: &StackInfo, w: u64, v: u64, addr: u64) -> Result<Fixup> {
     let auxv0 = st.auxv_addr;
     let auxv_end = auxv0 + 2 * w * st.auxv.len() as u64;
     // Pointers into the vectors point at their elements.
-    let aligned = |base: u64| (v - base) % w == 0;
+    let aligned = |base: u64| (v - base).is_multiple_of(w);
     if v == st.sp {
         return Ok(f(k::STACK_ARGC, 0, 0));
     }
