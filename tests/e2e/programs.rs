@@ -131,3 +131,64 @@ fn bash_native_and_qemu() {
         assert_eq!(r.code, Some(4));
     }
 }
+
+/// The sysroot of real i386 programs that `tests/setup` unpacks from Debian's packages.
+fn i386_sysroot() -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/i386-sysroot");
+    assert!(
+        p.join("usr/bin/sqlite3").exists(),
+        "{} missing: run tests/setup --tests",
+        p.display()
+    );
+    p
+}
+
+fn i386_libpath(root: &Path) -> String {
+    format!(
+        "{}:{}",
+        root.join("lib/i386-linux-gnu").display(),
+        root.join("usr/lib/i386-linux-gnu").display()
+    )
+}
+
+/// Packs a program of the i386 sysroot (its libraries found through LD_LIBRARY_PATH at
+/// capture only) and compares it, run in `mode` without that path, with the original run
+/// with it.
+fn compare_i386(rel: &str, mode: Mode, args: &[&str], stdin: &[u8]) -> Run {
+    let root = i386_sysroot();
+    let orig = root.join(rel);
+    let libpath = format!("--env=LD_LIBRARY_PATH={}", i386_libpath(&root));
+    let mut opts = pack_options(mode);
+    opts.push(libpath);
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let packed = packed(&orig, &opts);
+    let placed = Placed::new(&packed, mode, Arch::I386);
+    let p = run_cmd(placed.command(args, None), stdin);
+    let mut ocmd = std::process::Command::new(&orig);
+    std::os::unix::process::CommandExt::arg0(&mut ocmd, placed.argv0());
+    ocmd.args(args)
+        .env_clear()
+        .envs(test_env())
+        .env("LD_LIBRARY_PATH", i386_libpath(&root));
+    let o = run_cmd(ocmd, stdin);
+    assert_same(&format!("i386 {rel} {args:?} {mode:?}"), &p, &o);
+    p
+}
+
+#[test]
+fn i386_coreutils_gzip_sqlite3() {
+    let big: Vec<u8> = (0..1_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let sql = b"create table t(k text, v int); insert into t values('a', 1), ('b', 41);\n\
+                select k, v + 1 from t order by k; select sqlite_version() is not null;\n";
+    for mode in [Mode::Native, Mode::Chroot, Mode::Qemu] {
+        let r = compare_i386("usr/bin/sort", mode, &["-r"], TEXT);
+        assert!(r.stdout.starts_with("pear\n"), "{}", r.stdout);
+        compare_i386("usr/bin/sha256sum", mode, &[], &big);
+        compare_i386("bin/gzip", mode, &["-c", "-6", "-n"], &big);
+        let r = compare_i386("usr/bin/sqlite3", mode, &[], sql);
+        assert!(r.stdout.contains("b|42"), "{}", r.stdout);
+    }
+    compare_i386("bin/ls", Mode::Native, &["-1", "/"], b"");
+}
