@@ -5,6 +5,7 @@
 //! [`fixups`] and [`vdso`] (what the stub must redo per run) → [`writer`] (ELF bytes, with
 //! the stub from [`stub_blob`]) → OUTPUT.
 mod capture;
+mod cpu;
 mod error;
 mod fixups;
 mod image;
@@ -58,6 +59,11 @@ struct BuildArgs {
     /// Remove KEY from the environment of the capture (repeatable).
     #[arg(long = "unset-env", value_name = "KEY")]
     unset_env: Vec<String>,
+    /// CPU level the packed program may assume: glibc picks its IFUNC implementations
+    /// (memcpy, strlen, ...) for this level at capture, and the packed program refuses to
+    /// start on a CPU below it.
+    #[arg(long, value_enum, default_value = "baseline")]
+    cpu: cpu::Level,
     /// Print what was captured.
     #[arg(short, long)]
     verbose: bool,
@@ -87,7 +93,7 @@ fn main() {
     }
 }
 
-fn capture_env(a: &BuildArgs) -> Result<Vec<(OsString, OsString)>> {
+fn capture_env(a: &BuildArgs, hwcaps: Option<&str>) -> Result<Vec<(OsString, OsString)>> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let mut set = |k: &str, v: &str| {
         env.retain(|(ek, _)| ek != k);
@@ -102,6 +108,12 @@ fn capture_env(a: &BuildArgs) -> Result<Vec<(OsString, OsString)>> {
         set(k, v);
     }
     env.retain(|(k, _)| !a.unset_env.iter().any(|u| k == u.as_str()));
+    if let Some(h) = hwcaps {
+        let existing = env.iter().find(|(k, _)| k == "GLIBC_TUNABLES").map(|(_, v)| v.to_string_lossy().into_owned());
+        let value = cpu::tunables(existing.as_deref(), h);
+        env.retain(|(k, _)| k != "GLIBC_TUNABLES");
+        env.push(("GLIBC_TUNABLES".into(), value.into()));
+    }
     Ok(env)
 }
 
@@ -154,11 +166,12 @@ fn build(a: &BuildArgs) -> Result<()> {
             "--timeout must be a positive number of seconds"
         ));
     }
+    let plan = cpu::plan(a.cpu, prog.arch)?;
     let mut argv = vec![OsString::from(&a.program)];
     argv.extend(a.args.iter().cloned());
     let opts = capture::Options {
         args: argv,
-        env: capture_env(a)?,
+        env: capture_env(a, plan.hwcaps.as_deref())?,
         timeout: Duration::from_secs_f64(a.timeout),
     };
     let t_capture = Instant::now();
@@ -175,6 +188,8 @@ fn build(a: &BuildArgs) -> Result<()> {
     let varying = normalize::zero_differences(&mut image, &image2)?;
     drop(image2);
     let unknown = vdso::find_entries(&mut image)?;
+    image.cpu_needs = plan.needs;
+    image.cpu_level = plan.name.clone();
     let t_write = Instant::now();
     let (bytes, stats) = writer::write(&mut image)?;
     let mut tmp = tempfile::Builder::new()
@@ -215,6 +230,12 @@ fn build(a: &BuildArgs) -> Result<()> {
             );
         }
         eprintln!("elfpack: interpreter {}", prog.interp);
+        eprintln!(
+            "elfpack: CPU level {} (needs {}); masked at capture: {}",
+            plan.name,
+            cpu::names(plan.needs),
+            plan.hwcaps.as_deref().unwrap_or("nothing")
+        );
         for o in &image.objects {
             eprintln!("  object {:#014x} {}", o.base, o.path);
         }

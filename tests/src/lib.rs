@@ -12,11 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-/// glibc tunables that make ld.so pick IFUNC implementations qemu's default CPU model can
-/// run (it lacks this host's AVX, AVX2, AVX-512, BMI2, ERMS, FSRM).
-pub const QEMU_TUNABLES: &str =
-    "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX2,-AVX,-ERMS,-FSRM,-BMI1,-BMI2,-LZCNT,-MOVBE,-FMA,-F16C";
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Arch {
     X86_64,
@@ -157,12 +152,10 @@ pub fn packed(input: &Path, extra: &[&str]) -> PathBuf {
     path
 }
 
-/// Options for a packed file meant to run in `mode`.
-pub fn pack_options(mode: Mode) -> Vec<String> {
-    match mode {
-        Mode::Qemu => vec![format!("--env=GLIBC_TUNABLES={QEMU_TUNABLES}")],
-        _ => vec![],
-    }
+/// Options for a packed file meant to run in `mode`: none, the default CPU level
+/// (baseline) runs everywhere, qemu's CPU models included.
+pub fn pack_options(_mode: Mode) -> Vec<String> {
+    Vec::new()
 }
 
 /// The fixed environment every compared run gets.
