@@ -96,8 +96,11 @@ pub fn plan(level: Level, arch: Arch) -> Result<Plan> {
             names(lacking)
         ));
     }
-    let masked: Vec<&str> =
-        MASKABLE.iter().filter(|(bit, _)| host & bit != 0 && allowed & bit == 0).map(|&(_, n)| n).collect();
+    let masked: Vec<&str> = MASKABLE
+        .iter()
+        .filter(|(bit, _)| host & bit != 0 && allowed & bit == 0)
+        .map(|&(_, n)| n)
+        .collect();
     let mut masked = masked;
     if host & AVX2 != 0 && allowed & AVX2 == 0 {
         // glibc derives this preference from AVX2 before it applies the tunable, and
@@ -105,17 +108,33 @@ pub fn plan(level: Level, arch: Arch) -> Result<Plan> {
         // `init_cpu_features`; sysdeps/x86_64/multiarch/ifunc-memmove.h).
         masked.push("AVX_Fast_Unaligned_Load");
     }
-    let hwcaps = (!masked.is_empty()).then(|| masked.iter().map(|n| format!("-{n}")).collect::<Vec<_>>().join(","));
+    let hwcaps = (!masked.is_empty()).then(|| {
+        masked
+            .iter()
+            .map(|n| format!("-{n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     // What the image relies on: the level's features that this CPU has (native: the ones
     // glibc selects implementations by).
     let selectable: u64 = MASKABLE.iter().map(|&(b, _)| b).fold(0, |a, b| a | b);
     let needs = allowed & host & (selectable | CMOV);
-    Ok(Plan { name, needs, hwcaps })
+    Ok(Plan {
+        name,
+        needs,
+        hwcaps,
+    })
 }
 
 /// Comma-separated feature names of `bits`.
 pub fn names(bits: u64) -> String {
-    NAMES.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+    NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// GLIBC_TUNABLES for the capture: the caller's, with the hwcaps mask appended (a later

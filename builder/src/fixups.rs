@@ -98,6 +98,9 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
     let w = image.arch.word();
     let canary = word_of(&RANDOM_PATTERN, w) & !0xff;
     let guard = word_of(&RANDOM_PATTERN[w..], w);
+    // Captured at the program entry, initializers have already stored pointers mangled
+    // with the capture's pointer guard (atexit handlers): it must stay as it is.
+    let keep_guard = image.resume_kind == elfpack_stub::abi::RESUME_ENTRY;
     let mut found = Vec::new();
     for r in &image.regions {
         if r.prot & PROT_EXEC != 0 || r.origin == "[vdso proxy]" {
@@ -130,7 +133,7 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
                     offset: 0,
                     string: None,
                 });
-            } else if v == guard {
+            } else if v == guard && !keep_guard {
                 found.push(Fixup {
                     addr,
                     kind: k::POINTER_GUARD,

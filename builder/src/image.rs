@@ -74,6 +74,9 @@ pub struct Image {
     pub arch: Arch,
     pub regions: Vec<Region>,
     pub resume_pc: u64,
+    /// `abi::RESUME_DL_START_USER` or `abi::RESUME_ENTRY`, and the `%rdx` for the latter.
+    pub resume_kind: u64,
+    pub resume_dx: u64,
     /// AT_ENTRY of the original program (and the value `_dl_start` returned).
     pub user_entry: u64,
     pub at_phdr: u64,

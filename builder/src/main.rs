@@ -64,6 +64,11 @@ struct BuildArgs {
     /// start on a CPU below it.
     #[arg(long, value_enum, default_value = "baseline")]
     cpu: cpu::Level,
+    /// Capture at the program's entry point instead of where glibc's ld.so hands over
+    /// (then initializers run once, at capture). elfpack does this by itself, with a
+    /// warning, for a loader whose `_dl_start` does not return the entry point.
+    #[arg(long)]
+    stop_at_entry: bool,
     /// Print what was captured.
     #[arg(short, long)]
     verbose: bool,
@@ -109,7 +114,10 @@ fn capture_env(a: &BuildArgs, hwcaps: Option<&str>) -> Result<Vec<(OsString, OsS
     }
     env.retain(|(k, _)| !a.unset_env.iter().any(|u| k == u.as_str()));
     if let Some(h) = hwcaps {
-        let existing = env.iter().find(|(k, _)| k == "GLIBC_TUNABLES").map(|(_, v)| v.to_string_lossy().into_owned());
+        let existing = env
+            .iter()
+            .find(|(k, _)| k == "GLIBC_TUNABLES")
+            .map(|(_, v)| v.to_string_lossy().into_owned());
         let value = cpu::tunables(existing.as_deref(), h);
         env.retain(|(k, _)| k != "GLIBC_TUNABLES");
         env.push(("GLIBC_TUNABLES".into(), value.into()));
@@ -173,6 +181,7 @@ fn build(a: &BuildArgs) -> Result<()> {
         args: argv,
         env: capture_env(a, plan.hwcaps.as_deref())?,
         timeout: Duration::from_secs_f64(a.timeout),
+        at_entry: a.stop_at_entry,
     };
     let t_capture = Instant::now();
     let captured = capture::capture(&prog, &opts)?;
@@ -203,6 +212,15 @@ fn build(a: &BuildArgs) -> Result<()> {
         .map_err(|e| other!("{}: {}", a.output.display(), program::io_reason(&e)))?;
     tmp.persist(&a.output)
         .map_err(|e| other!("{}: {}", a.output.display(), program::io_reason(&e.error)))?;
+    if !a.quiet {
+        for w in captured
+            .warnings
+            .iter()
+            .filter(|w| w.contains("not glibc's handover"))
+        {
+            eprintln!("elfpack: warning: {w}");
+        }
+    }
     if a.verbose {
         for w in &captured.warnings {
             eprintln!("elfpack: note: {w}");

@@ -308,6 +308,8 @@ pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
         protect: protect_t,
         strings: strings_t,
         cpu_level_name,
+        resume_kind: image.resume_kind,
+        resume_dx: image.resume_dx,
     };
     blob.bytes[..abi::DESCRIPTOR_SIZE].copy_from_slice(bytes_of(&d));
 

@@ -7,7 +7,7 @@
 /// First bytes of every descriptor.
 pub const MAGIC: [u8; 8] = *b"ELFPACK\0";
 /// Bumped whenever a layout below changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// `e_machine` values, used as the descriptor's `arch`.
 pub const ARCH_X86_64: u32 = 62;
@@ -98,7 +98,18 @@ pub struct Descriptor {
     pub strings: Table,
     /// Human-readable CPU level name (NUL-terminated, in `strings`), for error messages.
     pub cpu_level_name: u64,
+    /// [`RESUME_DL_START_USER`] or [`RESUME_ENTRY`].
+    pub resume_kind: u64,
+    /// For [`RESUME_ENTRY`]: the `%rdx`/`%edx` value (ld.so's `_dl_fini`) the program's
+    /// `_start` receives.
+    pub resume_dx: u64,
 }
+
+/// Resume at `_dl_start_user`, before the initializers (the normal case).
+pub const RESUME_DL_START_USER: u64 = 0;
+/// Resume at the program's entry point, after the initializers ran at capture (loaders
+/// whose `_dl_start` does not return the entry point).
+pub const RESUME_ENTRY: u64 = 1;
 
 /// What a fixup word is set to at restore.
 pub mod fixup_kind {
@@ -269,4 +280,5 @@ pub fn bytes_of<T: Plain>(v: &T) -> &[u8] {
 const _: () = assert!(core::mem::size_of::<Tls>() == 8 + 4 * 4);
 const _: () = assert!(core::mem::size_of::<Registrations>() == 4 * 8 + 2 * 4);
 const _: () = assert!(core::mem::size_of::<MmLayout>() == 6 * 8);
-const _: () = assert!(DESCRIPTOR_SIZE == 8 + 4 + 4 + 6 * 8 + 24 + 40 + 48 + 8 + 8 + 4 * 16 + 8);
+const _: () =
+    assert!(DESCRIPTOR_SIZE == 8 + 4 + 4 + 6 * 8 + 24 + 40 + 48 + 8 + 8 + 4 * 16 + 8 + 2 * 8);

@@ -48,10 +48,17 @@ pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
     thread::register(d);
     // Give every region its captured protection, now that the writes are done.
     protect::seal(d);
-    // 8. Resume where ld.so hands over to the program.
+    // 8. Resume where ld.so hands over to the program (or, for a loader captured at the
+    //    program's entry, there).
     // SAFETY: the descriptor's resume point is `_dl_start_user` of this image, and `sp`
     // now holds the stack it expects.
-    unsafe { arch::resume(d.resume_pc as usize, sp as usize, d.user_entry as usize) }
+    unsafe {
+        if d.resume_kind == elfpack_stub::abi::RESUME_ENTRY {
+            arch::resume_at_entry(d.resume_pc as usize, sp as usize, d.resume_dx as usize)
+        } else {
+            arch::resume(d.resume_pc as usize, sp as usize, d.user_entry as usize)
+        }
+    }
 }
 
 #[panic_handler]

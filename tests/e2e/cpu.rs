@@ -4,7 +4,9 @@ use elfpack_tests::*;
 use std::process::Command;
 
 fn host_has_avx2() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo").unwrap().contains(" avx2")
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .contains(" avx2")
 }
 
 fn ifunc_of(level: &str) -> String {
@@ -17,12 +19,24 @@ fn ifunc_of(level: &str) -> String {
 
 #[test]
 fn native_and_baseline_pick_different_implementations() {
-    assert!(host_has_avx2(), "this test needs a CPU with AVX2 to tell the levels apart");
+    assert!(
+        host_has_avx2(),
+        "this test needs a CPU with AVX2 to tell the levels apart"
+    );
     let native = ifunc_of("native");
     let baseline = ifunc_of("baseline");
-    assert_ne!(native, baseline, "--cpu native and --cpu baseline resolved memcpy/strlen alike");
+    assert_ne!(
+        native, baseline,
+        "--cpu native and --cpu baseline resolved memcpy/strlen alike"
+    );
     // The native pack resolves as the unpacked program does on this CPU.
-    let orig = run_original(&fixture("fixture-x86_64-pie"), "./prog", &["ifunc"], b"", None);
+    let orig = run_original(
+        &fixture("fixture-x86_64-pie"),
+        "./prog",
+        &["ifunc"],
+        b"",
+        None,
+    );
     assert_eq!(native, orig.stdout);
 }
 
@@ -33,10 +47,20 @@ fn default_pack_runs_on_older_qemu_cpu_models() {
         let orig = fixture(&format!("fixture-{}-pie", arch.name()));
         let packed = packed(&orig, &[]);
         for model in ["Nehalem", "qemu64", "core2duo"] {
-            let qemu = if arch == Arch::I386 { require("qemu-i386") } else { qemu.clone() };
-            let model = if arch == Arch::I386 && model == "qemu64" { "qemu32" } else { model };
+            let qemu = if arch == Arch::I386 {
+                require("qemu-i386")
+            } else {
+                qemu.clone()
+            };
+            let model = if arch == Arch::I386 && model == "qemu64" {
+                "qemu32"
+            } else {
+                model
+            };
             let mut cmd = Command::new(&qemu);
-            cmd.args(["-cpu", model, "-0", "./prog"]).arg(&packed).args(["args", "7", "x"]);
+            cmd.args(["-cpu", model, "-0", "./prog"])
+                .arg(&packed)
+                .args(["args", "7", "x"]);
             cmd.env_clear().envs(test_env());
             let p = run_cmd(cmd, b"");
             let o = run_original(&orig, "./prog", &["args", "7", "x"], b"", None);
@@ -49,7 +73,12 @@ fn default_pack_runs_on_older_qemu_cpu_models() {
 fn higher_level_refuses_an_older_cpu() {
     let qemu = require("qemu-x86_64");
     let packed = packed(&fixture("fixture-x86_64-pie"), &["--cpu", "x86-64-v3"]);
-    let out = Command::new(&qemu).args(["-cpu", "Nehalem"]).arg(&packed).arg("args").output().unwrap();
+    let out = Command::new(&qemu)
+        .args(["-cpu", "Nehalem"])
+        .arg(&packed)
+        .arg("args")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(127), "{err}");
     assert!(
@@ -68,7 +97,9 @@ fn higher_level_refuses_an_older_cpu() {
 fn level_above_this_machine_is_refused_at_pack_time() {
     let d = scratch();
     let out = d.path().join("o");
-    let has_avx512 = std::fs::read_to_string("/proc/cpuinfo").unwrap().contains(" avx512f");
+    let has_avx512 = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .contains(" avx512f");
     let r = Command::new(elfpack())
         .args(["build", "-q", "--cpu", "x86-64-v4", "-o"])
         .arg(&out)

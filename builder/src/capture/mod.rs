@@ -75,6 +75,8 @@ pub struct Options {
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub timeout: Duration,
+    /// Capture at the program's entry point rather than at `_dl_start_user`.
+    pub at_entry: bool,
 }
 
 /// The capture-time initial stack, for classifying pointers into it.
@@ -173,7 +175,7 @@ pub fn capture(prog: &Program, opts: &Options) -> Result<Captured> {
             }
         });
     }
-    let result = run(&mut t, prog, &mem, word);
+    let result = run(&mut t, prog, &mem, word, opts.at_entry);
     done.store(true, Ordering::Relaxed);
     if fired.load(Ordering::Relaxed) {
         return Err(capture_err!(
@@ -302,7 +304,13 @@ struct Layout {
     window: (u64, u64),
 }
 
-fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Captured> {
+fn run(
+    t: &mut Tracee,
+    prog: &Program,
+    mem: &Memory,
+    word: usize,
+    opts_at_entry: bool,
+) -> Result<Captured> {
     let pid = t.pid.as_raw();
     let mut regs = t.regs()?;
     let maps = procfs::maps(pid)?;
@@ -334,7 +342,10 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
     let mut at_phdr = at_phdr;
     let mut at_entry = at_entry;
     let mut maps = maps;
-    if prog.arch == Arch::X86_64 && prog.pie {
+    // Moving the program leaves the kernel's break where it was; that is harmless while
+    // the heap stays unused until the snapshot, which holds at `_dl_start_user` but not
+    // after the initializers have run (--stop-at-entry).
+    if prog.arch == Arch::X86_64 && prog.pie && !opts_at_entry {
         // The program's file mappings and the anonymous bss right after them.
         let mut exe: Vec<Mapping> = Vec::new();
         for m in &maps {
@@ -457,6 +468,10 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
     let mut pending_hint: Option<(u64, u64)> = None;
     let mut entry_regs = regs;
     let mut sig = None;
+    let mut entry_stop: Option<(u64, u8)> = None;
+    let mut resume_kind = abi::RESUME_DL_START_USER;
+    let mut resume_dx = 0;
+    let at_entry_mode = opts_at_entry;
     loop {
         t.resume_syscall(sig.take())?;
         match t.wait()? {
@@ -499,6 +514,16 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
             }
             Stop::Signal(Signal::SIGTRAP) => {
                 let mut r = t.regs()?;
+                if let Some((addr, o)) = entry_stop {
+                    if r.rip.wrapping_sub(1) & mask(word) == addr {
+                        mem.write(addr, &[o])?;
+                        r.rip = addr;
+                        t.set_regs(r)?;
+                        resume_kind = abi::RESUME_ENTRY;
+                        resume_dx = r.rdx & mask(word);
+                        break;
+                    }
+                }
                 if r.rip.wrapping_sub(1) & mask(word) != bp {
                     continue;
                 }
@@ -506,11 +531,18 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
                 r.rip = bp;
                 t.set_regs(r)?;
                 let ret = r.rax & mask(word);
-                if ret != at_entry {
-                    return Err(capture_err!(
-                        "ld.so returned {ret:#x} from _dl_start, not the program entry {at_entry:#x}; \
-                         this loader is not supported"
-                    ));
+                if ret != at_entry || at_entry_mode {
+                    if ret != at_entry {
+                        warnings.push(format!(
+                            "ld.so returned {ret:#x} from _dl_start, not the program entry {at_entry:#x}: \
+                             this is not glibc's handover; capturing at the program entry instead \
+                             (initializers ran at capture and do not run again)"
+                        ));
+                    }
+                    let o = mem.read(at_entry, 1)?[0];
+                    mem.write(at_entry, &[0xcc])?;
+                    entry_stop = Some((at_entry, o));
+                    continue;
                 }
                 break;
             }
@@ -636,6 +668,8 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, word: usize) -> Result<Capt
         arch: prog.arch,
         regions,
         resume_pc: regs.rip & mask(word),
+        resume_kind,
+        resume_dx,
         user_entry: at_entry,
         at_phdr,
         at_phnum: stack.aux(AT_PHNUM).unwrap_or(0),

@@ -128,6 +128,28 @@ pub unsafe fn resume(pc: usize, sp: usize, entry: usize) -> ! {
     }
 }
 
+/// Jumps to the program's own entry point, as ld.so does at the end of `_dl_start_user`.
+///
+/// ABI: i386 psABI "Process Initialization": `%esp` points at argc and `%edx` holds a
+/// function for `atexit`; glibc `sysdeps/i386/start.S` passes it on.
+///
+/// # Safety
+/// `pc` must be the entry point of a restored image and `sp` an initial process stack.
+pub unsafe fn resume_at_entry(pc: usize, sp: usize, fini: usize) -> ! {
+    // SAFETY: see the ABI note above.
+    unsafe {
+        asm!(
+            "mov esp, ecx",
+            "xor ebp, ebp",
+            "jmp edi",
+            in("edi") pc,
+            in("ecx") sp,
+            in("edx") fini,
+            options(noreturn)
+        )
+    }
+}
+
 macro_rules! vdso_fallback {
     ($name:ident, $nr:path) => {
         /// Fallback for a vDSO function: the same system call.

@@ -94,6 +94,28 @@ pub unsafe fn resume(pc: usize, sp: usize, entry: usize) -> ! {
     }
 }
 
+/// Jumps to the program's own entry point, as ld.so does at the end of `_dl_start_user`.
+///
+/// ABI: x86-64 psABI 3.4.1: `%rsp` points at argc and `%rdx` holds a function for
+/// `atexit` (ld.so's `_dl_fini`); glibc `sysdeps/x86_64/start.S` passes it on.
+///
+/// # Safety
+/// `pc` must be the entry point of a restored image and `sp` an initial process stack.
+pub unsafe fn resume_at_entry(pc: usize, sp: usize, fini: usize) -> ! {
+    // SAFETY: see the ABI note above.
+    unsafe {
+        asm!(
+            "mov rsp, rsi",
+            "xor ebp, ebp",
+            "jmp rdi",
+            in("rdi") pc,
+            in("rsi") sp,
+            in("rdx") fini,
+            options(noreturn)
+        )
+    }
+}
+
 macro_rules! vdso_fallback {
     ($name:ident, $nr:path) => {
         /// Fallback for a vDSO function: the same system call.
