@@ -46,6 +46,15 @@ fn main() {
     let needlib = dir.join("needlib.c");
     let libsrc = dir.join("libneeded.c");
     let dlopen_soname = dir.join("dlopen_soname.c");
+    let slow_audit = dir.join("slow_audit.c");
+    compile(
+        false,
+        false,
+        &["-shared", "-fPIC"],
+        &[&slow_audit],
+        &[],
+        &out.join("slow_audit.so"),
+    );
     for (arch, m32) in [("x86_64", false), ("i386", true)] {
         for (pie, flag) in [("pie", "-pie"), ("nopie", "-no-pie")] {
             let pic = if pie == "pie" { "-fPIE" } else { "-fno-pie" };

@@ -282,20 +282,86 @@ fn usage_errors_exit_2() {
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("elfpack "));
 }
 
+/// The traced child of a running `elfpack build`, once it exists.
+fn tracee_of(elfpack_pid: u32) -> Option<u32> {
+    for _ in 0..200 {
+        let kids =
+            std::fs::read_to_string(format!("/proc/{elfpack_pid}/task/{elfpack_pid}/children"))
+                .unwrap_or_default();
+        if let Some(k) = kids.split_whitespace().next() {
+            return k.parse().ok();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
+}
+
+fn gone(pid: u32) -> bool {
+    for _ in 0..200 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
 #[test]
 fn capture_timeout_kills_the_program() {
-    // A program that never finishes loading: an LD_PRELOAD library cannot do that, but a
-    // tiny timeout on a real program can.
+    // An LD_AUDIT module that never returns keeps ld.so from ever finishing.
     let d = scratch();
     let out = d.path().join("out");
-    let (code, err) = build(
-        Path::new("/usr/bin/python3"),
-        &out,
-        &["--timeout", "0.000001"],
-    );
-    assert_eq!(code, Some(4), "{err}");
+    let audit = format!("--env=LD_AUDIT={}", fixture("slow_audit.so").display());
+    let child = Command::new(elfpack())
+        .arg("build")
+        .arg(fixture("fixture-x86_64-pie"))
+        .arg("-o")
+        .arg(&out)
+        .args([audit.as_str(), "--timeout", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tracee = tracee_of(child.id()).expect("no traced child appeared");
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{err}");
     assert!(err.contains("timed out"), "{err}");
+    assert!(gone(tracee), "the traced child {tracee} is still there");
     assert!(!out.exists());
+}
+
+#[test]
+fn interrupted_build_kills_the_program_and_writes_nothing() {
+    let d = scratch();
+    let out = d.path().join("out");
+    let audit = format!("--env=LD_AUDIT={}", fixture("slow_audit.so").display());
+    let mut child = Command::new(elfpack())
+        .arg("build")
+        .arg(fixture("fixture-x86_64-pie"))
+        .arg("-o")
+        .arg(&out)
+        .arg(audit)
+        .spawn()
+        .unwrap();
+    let tracee = tracee_of(child.id()).expect("no traced child appeared");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // What a terminal's Ctrl-C sends to elfpack.
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        gone(tracee),
+        "the traced child {tracee} survived elfpack's SIGINT"
+    );
+    assert!(!out.exists());
+    assert!(
+        std::fs::read_dir(d.path()).unwrap().next().is_none(),
+        "files left behind"
+    );
 }
 
 #[test]
