@@ -81,7 +81,7 @@ fn main() {
         compile(
             false,
             m32,
-            &["-shared", "-fPIC"],
+            &["-shared", "-fPIC", "-Wl,-soname,libneeded.so"],
             &[&libsrc],
             &[],
             &libdir.join("libneeded.so"),

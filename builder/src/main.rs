@@ -9,6 +9,8 @@ mod cpu;
 mod error;
 mod fixups;
 mod image;
+mod inspect;
+mod meta;
 mod normalize;
 mod program;
 mod stub_blob;
@@ -39,8 +41,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Capture PROGRAM after dynamic loading and write a self-contained OUTPUT.
-    #[command(after_help = "Examples:\n  elfpack build /bin/ls -o ls.packed\n  elfpack build python3 -o py --timeout 30\n\n".to_string() + AFTER_HELP)]
+    #[command(after_help = "Examples:\n  elfpack build /bin/ls -o ls.packed\n  elfpack build python3 -o py --timeout 30\n  elfpack build ./app -o app.packed --include libnss_systemd.so.2 --cpu x86-64-v2\n  elfpack build ./prog32 -o p --env LD_LIBRARY_PATH=/opt/i386/lib\n\n".to_string() + AFTER_HELP)]
     Build(BuildArgs),
+    /// Show what a packed file holds: versions, CPU level, libraries, regions, sizes.
+    #[command(after_help = "Examples:\n  elfpack inspect ls.packed\n  elfpack inspect --json ls.packed | jq .libraries\n\n".to_string() + AFTER_HELP)]
+    Inspect {
+        /// A file written by `elfpack build`.
+        file: PathBuf,
+        /// Print the JSON document (schema elfpack-inspect/1).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  elfpack completions bash > /etc/bash_completion.d/elfpack\n  elfpack completions zsh > ~/.zfunc/_elfpack"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff).
+    #[command(after_help = "Examples:\n  elfpack man > elfpack.1 && man ./elfpack.1")]
+    Man,
 }
 
 #[derive(clap::Args)]
@@ -69,6 +88,13 @@ struct BuildArgs {
     /// warning, for a loader whose `_dl_start` does not return the entry point.
     #[arg(long)]
     stop_at_entry: bool,
+    /// Load this library at capture too (a path, or a soname found as ld.so would), so
+    /// that a later dlopen() of it needs no file on the target. Repeatable.
+    #[arg(long = "include", value_name = "LIB")]
+    include: Vec<String>,
+    /// Leave the symbol table out of OUTPUT.
+    #[arg(long)]
+    strip: bool,
     /// Print what was captured.
     #[arg(short, long)]
     verbose: bool,
@@ -91,6 +117,19 @@ fn main() {
     };
     let result = match cli.command {
         Command::Build(a) => build(&a),
+        Command::Inspect { file, json } => inspect::run(&file, json),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "elfpack",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .map_err(|e| other!("writing the manual page: {e}")),
     };
     if let Err(e) = result {
         eprintln!("elfpack: {e}");
@@ -98,7 +137,11 @@ fn main() {
     }
 }
 
-fn capture_env(a: &BuildArgs, hwcaps: Option<&str>) -> Result<Vec<(OsString, OsString)>> {
+fn capture_env(
+    a: &BuildArgs,
+    hwcaps: Option<&str>,
+    arch: program::Arch,
+) -> Result<Vec<(OsString, OsString)>> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let mut set = |k: &str, v: &str| {
         env.retain(|(ek, _)| ek != k);
@@ -113,6 +156,31 @@ fn capture_env(a: &BuildArgs, hwcaps: Option<&str>) -> Result<Vec<(OsString, OsS
         set(k, v);
     }
     env.retain(|(k, _)| !a.unset_env.iter().any(|u| k == u.as_str()));
+    if !a.include.is_empty() {
+        let lib_path = env
+            .iter()
+            .find(|(k, _)| k == "LD_LIBRARY_PATH")
+            .map(|(_, v)| v.to_string_lossy().into_owned());
+        let mut libs = Vec::new();
+        for l in &a.include {
+            libs.push(
+                program::find_library(l, arch, lib_path.as_deref())?
+                    .display()
+                    .to_string(),
+            );
+        }
+        let existing = env
+            .iter()
+            .find(|(k, _)| k == "LD_PRELOAD")
+            .map(|(_, v)| v.to_string_lossy().into_owned());
+        let value = existing
+            .into_iter()
+            .chain(libs)
+            .collect::<Vec<_>>()
+            .join(":");
+        env.retain(|(k, _)| k != "LD_PRELOAD");
+        env.push(("LD_PRELOAD".into(), value.into()));
+    }
     if let Some(h) = hwcaps {
         let existing = env
             .iter()
@@ -179,7 +247,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     argv.extend(a.args.iter().cloned());
     let opts = capture::Options {
         args: argv,
-        env: capture_env(a, plan.hwcaps.as_deref())?,
+        env: capture_env(a, plan.hwcaps.as_deref(), prog.arch)?,
         timeout: Duration::from_secs_f64(a.timeout),
         at_entry: a.stop_at_entry,
     };
@@ -200,7 +268,24 @@ fn build(a: &BuildArgs) -> Result<()> {
     image.cpu_needs = plan.needs;
     image.cpu_level = plan.name.clone();
     let t_write = Instant::now();
-    let (bytes, stats) = writer::write(&mut image)?;
+    let symbols = if a.strip {
+        Vec::new()
+    } else {
+        symbols::collect(&image.objects)
+    };
+    let nsyms = symbols.len() as u64;
+    let meta_image = image.clone();
+    let (bytes, stats) = writer::write(&mut image, &symbols, |st, usage| {
+        let m = meta::build(
+            &meta_image,
+            &prog,
+            usage,
+            st.stub_size,
+            st.segments as u64,
+            nsyms,
+        );
+        serde_json::to_vec(&m).expect("serialisable")
+    })?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".elfpack-")
         .tempfile_in(&dir)

@@ -171,3 +171,73 @@ pub fn io_reason(e: &std::io::Error) -> String {
         }
     }
 }
+
+/// Finds a library as ld.so would for `--include`: a name with a slash is a path; a soname
+/// is looked up in LD_LIBRARY_PATH, then in ld.so's cache (`ldconfig -p`), then in the
+/// default directories. The library must match the program's architecture.
+pub fn find_library(name: &str, arch: Arch, ld_library_path: Option<&str>) -> Result<PathBuf> {
+    let matches = |p: &Path| -> bool {
+        std::fs::read(p)
+            .ok()
+            .and_then(|b| {
+                Elf::parse(&b)
+                    .ok()
+                    .map(|e| e.header.e_machine == arch.e_machine())
+            })
+            .unwrap_or(false)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        if !p.is_file() {
+            return Err(unpackable!("--include {name}: no such file"));
+        }
+        if !matches(&p) {
+            return Err(unpackable!(
+                "--include {name}: not an {} library",
+                arch.name()
+            ));
+        }
+        return Ok(p);
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for dir in ld_library_path
+        .unwrap_or("")
+        .split(':')
+        .filter(|d| !d.is_empty())
+    {
+        candidates.push(Path::new(dir).join(name));
+    }
+    if let Ok(out) = std::process::Command::new("ldconfig").arg("-p").output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let line = line.trim();
+            if line.starts_with(&format!("{name} ")) {
+                if let Some(path) = line.rsplit(" => ").next() {
+                    candidates.push(PathBuf::from(path));
+                }
+            }
+        }
+    }
+    let defaults: &[&str] = match arch {
+        Arch::X86_64 => &[
+            "/lib/x86_64-linux-gnu",
+            "/usr/lib/x86_64-linux-gnu",
+            "/lib64",
+            "/usr/lib64",
+            "/lib",
+            "/usr/lib",
+        ],
+        Arch::I386 => &[
+            "/lib/i386-linux-gnu",
+            "/usr/lib/i386-linux-gnu",
+            "/lib32",
+            "/usr/lib32",
+            "/lib",
+            "/usr/lib",
+        ],
+    };
+    candidates.extend(defaults.iter().map(|d| Path::new(d).join(name)));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file() && matches(p))
+        .ok_or_else(|| unpackable!("--include {name}: no {} library of that name found (LD_LIBRARY_PATH, ld.so cache, default directories)", arch.name()))
+}

@@ -10,3 +10,60 @@ pub fn lookup_dynsym(path: &str, name: &str) -> Option<u64> {
         .find(|s| s.st_value != 0 && elf.dynstrtab.get_at(s.st_name) == Some(name))
         .map(|s| s.st_value)
 }
+
+/// A symbol of the image, at its address in the packed process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSymbol {
+    pub name: String,
+    pub addr: u64,
+    pub size: u64,
+    /// STT_FUNC or STT_OBJECT.
+    pub kind: u8,
+    pub global: bool,
+}
+
+/// The function and object symbols of every object in the image (its .symtab where it has
+/// one, and its .dynsym), at their addresses in the image; sorted and without duplicates.
+pub fn collect(objects: &[crate::image::Object]) -> Vec<ImageSymbol> {
+    use goblin::elf::sym;
+    let mut out = Vec::new();
+    for o in objects {
+        let Ok(bytes) = std::fs::read(&o.path) else {
+            continue;
+        };
+        let Ok(elf) = Elf::parse(&bytes) else {
+            continue;
+        };
+        // Addresses of a position-dependent program are absolute.
+        let bias = if elf.header.e_type == goblin::elf::header::ET_EXEC {
+            0
+        } else {
+            o.base
+        };
+        let tables = [(&elf.syms, &elf.strtab), (&elf.dynsyms, &elf.dynstrtab)];
+        for (syms, strs) in tables {
+            for s in syms.iter() {
+                let kind = s.st_type();
+                if s.st_value == 0
+                    || s.st_shndx == 0
+                    || !(kind == sym::STT_FUNC || kind == sym::STT_OBJECT)
+                {
+                    continue;
+                }
+                let Some(name) = strs.get_at(s.st_name).filter(|n| !n.is_empty()) else {
+                    continue;
+                };
+                out.push(ImageSymbol {
+                    name: name.to_string(),
+                    addr: bias.wrapping_add(s.st_value),
+                    size: s.st_size,
+                    kind,
+                    global: s.st_bind() != sym::STB_LOCAL,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.addr, &a.name).cmp(&(b.addr, &b.name)));
+    out.dedup_by(|a, b| a.addr == b.addr && a.name == b.name);
+    out
+}

@@ -9,12 +9,13 @@ use crate::error::{other, Result};
 use crate::image::{Image, PROT_EXEC, PROT_READ, PROT_WRITE};
 use crate::program::Arch;
 use crate::stub_blob;
+use crate::symbols::ImageSymbol;
 use elfpack_stub::abi::{self, bytes_of, Descriptor, Protect, Table, VdsoSlot};
 use goblin::container::{Container, Ctx, Endian};
 use goblin::elf::program_header::{ProgramHeader, PF_R, PF_W, PF_X, PT_GNU_STACK, PT_LOAD};
 use goblin::elf::Header;
 use scroll::ctx::IntoCtx;
-use scroll::Pwrite;
+use scroll::{Pread, Pwrite};
 
 const PAGE: u64 = 4096;
 /// Zero runs shorter than this many pages stay in the file (each elided run costs a
@@ -37,6 +38,8 @@ struct Seg {
     memsz: u64,
     data: Vec<u8>,
     flags: u32,
+    /// The image region it belongs to (none for the stub and the descriptor).
+    region: Option<usize>,
 }
 
 fn pf(prot: u32) -> u32 {
@@ -54,7 +57,7 @@ fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
     let mut segs = Vec::new();
     let mut protect = Vec::new();
     let rw = PROT_READ | PROT_WRITE;
-    for r in &image.regions {
+    for (ri, r) in image.regions.iter().enumerate() {
         let written = image.fixups.iter().any(|f| r.contains(f.addr));
         let prot = if written && r.prot & PROT_WRITE == 0 {
             r.prot | rw
@@ -75,6 +78,7 @@ fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
                 memsz: r.len(),
                 data: Vec::new(),
                 flags: 0,
+                region: Some(ri),
             });
             protect.push(Protect {
                 addr: r.start,
@@ -100,6 +104,7 @@ fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
                 match segs.last_mut() {
                     Some(prev)
                         if prot == rw
+                            && prev.region == Some(ri)
                             && prev.flags == pf(prot)
                             && prev.vaddr + prev.memsz == start
                             && j == pages.len() =>
@@ -112,6 +117,7 @@ fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
                             memsz: len,
                             data: Vec::new(),
                             flags: pf(prot),
+                            region: Some(ri),
                         });
                         if prot != rw {
                             protect.push(Protect {
@@ -128,6 +134,7 @@ fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
                 match segs.last_mut() {
                     Some(prev)
                         if prev.flags == pf(prot)
+                            && prev.region == Some(ri)
                             && prev.vaddr + prev.memsz == start
                             && prev.memsz == prev.data.len() as u64 =>
                     {
@@ -139,6 +146,7 @@ fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
                         memsz: len,
                         data: bytes,
                         flags: pf(prot),
+                        region: Some(ri),
                     }),
                 }
             }
@@ -172,8 +180,14 @@ impl Blob {
     }
 }
 
-/// Writes the packed file for `image`.
-pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
+/// Writes the packed file for `image`, with `symbols` in a symbol table and the document
+/// `meta` returns (given the sizes and the (stored, zero) bytes of each region) in the
+/// non-loaded section `.elfpack`.
+pub fn write(
+    image: &mut Image,
+    symbols: &[ImageSymbol],
+    meta: impl FnOnce(&Stats, &[(u64, u64)]) -> Vec<u8>,
+) -> Result<(Vec<u8>, Stats)> {
     let arch = image.arch;
     let vdso_entries = image
         .vdso
@@ -321,6 +335,7 @@ pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
             memsz,
             data,
             flags,
+            region: None,
         });
     }
     all.push(Seg {
@@ -328,6 +343,7 @@ pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
         memsz: blob_len_final,
         data: blob.bytes,
         flags: PF_R | PF_W,
+        region: None,
     });
     all.sort_by_key(|s| s.vaddr);
     for w in all.windows(2) {
@@ -393,15 +409,173 @@ pub fn write(image: &mut Image) -> Result<(Vec<u8>, Stats)> {
     h.e_entry = stub_base + stub.entry;
     h.e_phoff = ehsize;
     h.e_phnum = phnum as u16;
-    h.e_shoff = 0;
-    h.e_shnum = 0;
-    h.e_shstrndx = 0;
-    h.into_ctx(&mut out[..ehsize as usize], ctx);
     for (i, p) in phdrs.into_iter().enumerate() {
         out.pwrite_with(p, (ehsize + i as u64 * phentsize) as usize, ctx)
             .map_err(|e| other!("writing program headers: {e}"))?;
     }
     stats.segments = all.len();
+    let mut usage = vec![(0u64, 0u64); image.regions.len()];
+    for s in &all {
+        if let Some(r) = s.region {
+            usage[r].0 += s.data.len() as u64;
+            usage[r].1 += s.memsz - s.data.len() as u64;
+        }
+    }
+    let doc = meta(&stats, &usage);
+    let (shoff, shnum, shstrndx) = append_sections(&mut out, ctx, &all, symbols, &doc)?;
+    h.e_shoff = shoff;
+    h.e_shnum = shnum;
+    h.e_shstrndx = shstrndx;
+    h.into_ctx(&mut out[..ehsize as usize], ctx);
     stats.file_size = out.len() as u64;
     Ok((out, stats))
+}
+
+/// Appends the section headers (one per segment, so that tools know what is code), the
+/// symbol table and the `.elfpack` document; returns (e_shoff, e_shnum, e_shstrndx).
+fn append_sections(
+    out: &mut Vec<u8>,
+    ctx: Ctx,
+    segs: &[Seg],
+    symbols: &[ImageSymbol],
+    doc: &[u8],
+) -> Result<(u64, u16, u16)> {
+    use goblin::elf::section_header::{
+        SectionHeader, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_ABS, SHT_NOBITS, SHT_PROGBITS,
+        SHT_STRTAB, SHT_SYMTAB,
+    };
+    use goblin::elf::sym::{Sym, STB_GLOBAL, STB_LOCAL};
+    let is64 = ctx.container == Container::Big;
+    let (symsize, shsize) = if is64 { (24usize, 64usize) } else { (16, 40) };
+    let mut shstr: Vec<u8> = vec![0];
+    let mut name = |n: &str| {
+        let at = shstr.len();
+        shstr.extend_from_slice(n.as_bytes());
+        shstr.push(0);
+        at
+    };
+    let mut shdrs = vec![SectionHeader::default()];
+    let image_name = name(".image");
+    for s in segs {
+        let mut flags = u64::from(SHF_ALLOC);
+        if s.flags & PF_W != 0 {
+            flags |= u64::from(SHF_WRITE);
+        }
+        if s.flags & PF_X != 0 {
+            flags |= u64::from(SHF_EXECINSTR);
+        }
+        let file_backed = !s.data.is_empty();
+        shdrs.push(SectionHeader {
+            sh_name: image_name,
+            sh_type: if file_backed {
+                SHT_PROGBITS
+            } else {
+                SHT_NOBITS
+            },
+            sh_flags: flags,
+            sh_addr: s.vaddr,
+            sh_offset: 0,
+            sh_size: if file_backed {
+                s.data.len() as u64
+            } else {
+                s.memsz
+            },
+            sh_addralign: PAGE,
+            ..Default::default()
+        });
+    }
+    // Section offsets of the file-backed segments, from the program headers just written.
+    let phoff = if is64 { 64 } else { 52 };
+    let phentsize = if is64 { 56 } else { 32 };
+    for (i, _) in segs.iter().enumerate() {
+        let ph: ProgramHeader = out
+            .pread_with(phoff + i * phentsize, ctx)
+            .map_err(|e| other!("reading back program headers: {e}"))?;
+        shdrs[i + 1].sh_offset = ph.p_offset;
+    }
+    let section_of = |addr: u64| -> usize {
+        segs.iter()
+            .position(|s| s.vaddr <= addr && addr < s.vaddr + s.memsz)
+            .map_or(SHN_ABS as usize, |i| i + 1)
+    };
+    if !symbols.is_empty() {
+        let mut strtab: Vec<u8> = vec![0];
+        let mut entries: Vec<Sym> = vec![Sym::default()];
+        let (locals, globals): (Vec<&ImageSymbol>, Vec<&ImageSymbol>) =
+            symbols.iter().partition(|s| !s.global);
+        for s in locals.iter().chain(globals.iter()) {
+            let at = strtab.len();
+            strtab.extend_from_slice(s.name.as_bytes());
+            strtab.push(0);
+            entries.push(Sym {
+                st_name: at,
+                st_info: ((if s.global { STB_GLOBAL } else { STB_LOCAL }) << 4) | s.kind,
+                st_other: 0,
+                st_shndx: section_of(s.addr),
+                st_value: s.addr,
+                st_size: s.size,
+            });
+        }
+        let symtab_off = align_up(out.len() as u64, 8) as usize;
+        out.resize(symtab_off + entries.len() * symsize, 0);
+        for (i, e) in entries.into_iter().enumerate() {
+            out.pwrite_with(e, symtab_off + i * symsize, ctx)
+                .map_err(|e| other!("writing symbols: {e}"))?;
+        }
+        let strtab_off = out.len();
+        out.extend_from_slice(&strtab);
+        let strtab_index = shdrs.len() as u32 + 1;
+        shdrs.push(SectionHeader {
+            sh_name: name(".symtab"),
+            sh_type: SHT_SYMTAB,
+            sh_offset: symtab_off as u64,
+            sh_size: ((locals.len() + globals.len() + 1) * symsize) as u64,
+            sh_link: strtab_index,
+            sh_info: locals.len() as u32 + 1,
+            sh_addralign: 8,
+            sh_entsize: symsize as u64,
+            ..Default::default()
+        });
+        shdrs.push(SectionHeader {
+            sh_name: name(".strtab"),
+            sh_type: SHT_STRTAB,
+            sh_offset: strtab_off as u64,
+            sh_size: strtab.len() as u64,
+            sh_addralign: 1,
+            ..Default::default()
+        });
+    }
+    let doc_off = out.len();
+    out.extend_from_slice(doc);
+    shdrs.push(SectionHeader {
+        sh_name: name(crate::meta::SECTION),
+        sh_type: SHT_PROGBITS,
+        sh_offset: doc_off as u64,
+        sh_size: doc.len() as u64,
+        sh_addralign: 1,
+        ..Default::default()
+    });
+    let shstrndx = shdrs.len();
+    let shstr_name = name(".shstrtab");
+    let shstr_off = out.len();
+    out.extend_from_slice(&shstr);
+    shdrs.push(SectionHeader {
+        sh_name: shstr_name,
+        sh_type: SHT_STRTAB,
+        sh_offset: shstr_off as u64,
+        sh_size: shstr.len() as u64,
+        sh_addralign: 1,
+        ..Default::default()
+    });
+    if shdrs.len() >= 0xff00 {
+        return Err(other!("too many sections ({})", shdrs.len()));
+    }
+    let shoff = align_up(out.len() as u64, 8) as usize;
+    out.resize(shoff + shdrs.len() * shsize, 0);
+    let n = shdrs.len();
+    for (i, sh) in shdrs.into_iter().enumerate() {
+        out.pwrite_with(sh, shoff + i * shsize, ctx)
+            .map_err(|e| other!("writing section headers: {e}"))?;
+    }
+    Ok((shoff as u64, n as u16, shstrndx as u16))
 }

@@ -7,3 +7,4 @@
 #![no_std]
 
 pub mod abi;
+pub mod vdso_elf;

@@ -19,6 +19,7 @@ mod protect;
 mod stack;
 mod sys;
 mod thread;
+mod trace;
 mod vdso;
 
 /// The whole restore, in order. Called by `arch::_start` with the kernel's stack pointer.
@@ -32,6 +33,7 @@ pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
     // 1. Read this run's argc, argv, envp and auxv.
     // SAFETY: forwarded from the caller.
     let mut st = unsafe { stack::InitialStack::read(sp) };
+    let t0 = trace::start(&st);
     // 2. The initial stack for `_dl_start_user`: this run's argv and envp, the auxv
     //    entries that describe the program set to the original program's values.
     stack::describe_program(&mut st, d);
@@ -48,6 +50,7 @@ pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
     thread::register(d);
     // Give every region its captured protection, now that the writes are done.
     protect::seal(d);
+    trace::finish(t0);
     // 8. Resume where ld.so hands over to the program (or, for a loader captured at the
     //    program's entry, there).
     // SAFETY: the descriptor's resume point is `_dl_start_user` of this image, and `sp`

@@ -70,7 +70,7 @@ fn check_c(arch: Arch, pie: &str, mode: Mode) {
     let o = run_original(&orig, "", &["getcpu"], b"", Some(1));
     assert_same(&format!("{mode:?} getcpu"), &p, &o);
     assert_eq!(
-        p.stdout, "cpu=1\n",
+        p.stdout, "cpu=1 getcpu=0:1\n",
         "{mode:?}: sched_getcpu under taskset -c 1"
     );
     // A fresh canary and fresh AT_RANDOM bytes at every run, the canary derived from them

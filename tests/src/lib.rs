@@ -3,6 +3,8 @@
 //!
 //! A missing tool (qemu-user, setarch, setpriv, chroot, taskset) is a test failure, never a
 //! skip: `tests/run` installs them.
+pub mod bench;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Write;

@@ -1,0 +1,23 @@
+//! A cheap run of the benchmark (a few runs, no targets), so that it cannot rot.
+#[test]
+fn benchmark_smoke() {
+    let report = elfpack_tests::bench::run(&elfpack_tests::bench::Config::smoke());
+    for section in [
+        "Start-up",
+        "Packing time",
+        "Size",
+        "Memory",
+        "Run-time overhead",
+        "CPU level",
+        "Restore work",
+    ] {
+        assert!(
+            report.contains(section),
+            "report lacks {section}:\n{report}"
+        );
+    }
+    assert!(
+        !report.contains("NaN") && !report.contains("inf"),
+        "{report}"
+    );
+}

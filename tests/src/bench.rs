@@ -1,0 +1,414 @@
+//! The benchmark: packed programs against their originals, measured side by side in one
+//! run, printed as ratios. `cargo bench -p elfpack-tests` runs it in full; the test suite
+//! runs it with `Config::smoke()` so that it cannot rot.
+use crate::{elfpack, fixture, scratch};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Config {
+    /// Start-up runs per program and variant.
+    pub runs: usize,
+    /// Concurrent instances for the memory measurement.
+    pub instances: usize,
+    /// clock_gettime calls in the vDSO loop.
+    pub vdso_calls: u64,
+    /// Rounds of the memcpy workload.
+    pub memcpy_rounds: u64,
+    /// Bytes hashed and sorted for the CPU-level comparison.
+    pub level_bytes: usize,
+}
+
+impl Config {
+    pub fn full() -> Config {
+        Config {
+            runs: 50,
+            instances: 10,
+            vdso_calls: 10_000_000,
+            memcpy_rounds: 200,
+            level_bytes: 100 << 20,
+        }
+    }
+    pub fn smoke() -> Config {
+        Config {
+            runs: 3,
+            instances: 2,
+            vdso_calls: 10_000,
+            memcpy_rounds: 2,
+            level_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Median and 10th/90th percentiles of a sample.
+#[derive(Clone, Copy, Debug)]
+pub struct Stats {
+    pub median: f64,
+    pub p10: f64,
+    pub p90: f64,
+}
+
+pub fn stats(mut v: Vec<f64>) -> Stats {
+    assert!(!v.is_empty());
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Stats {
+        median: at(0.5),
+        p10: at(0.1),
+        p90: at(0.9),
+    }
+}
+
+fn time_run(cmd: &mut Command) -> f64 {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let t = Instant::now();
+    let st = crate::spawn(cmd).wait().unwrap();
+    let e = t.elapsed().as_secs_f64();
+    assert!(st.success(), "{cmd:?} failed: {st}");
+    e
+}
+
+fn pack(input: &Path, out: &Path, extra: &[&str]) -> (f64, String) {
+    let t = Instant::now();
+    let o = Command::new(elfpack())
+        .arg("build")
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .arg("-v")
+        .args(extra)
+        .output()
+        .unwrap();
+    let e = t.elapsed().as_secs_f64();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "packing {}: {err}", input.display());
+    (e, err)
+}
+
+/// Files the program maps: itself, its libraries and ld.so (from ldd).
+fn mapped_files(prog: &Path, env: &[(&str, String)]) -> Vec<PathBuf> {
+    let o = Command::new("ldd")
+        .arg(prog)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    let mut v = vec![prog.to_path_buf()];
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let path = line
+            .split("=>")
+            .nth(1)
+            .unwrap_or(line)
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
+        if path.starts_with('/') {
+            v.push(PathBuf::from(path));
+        }
+    }
+    v
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Sum of Rss and Pss (kB) over `n` concurrent instances of `cmd`, measured while they
+/// all sleep.
+fn memory(prog: &Path, args: &[&str], n: usize) -> (f64, f64) {
+    let mut kids: Vec<_> = (0..n)
+        .map(|_| {
+            let mut c = Command::new(prog);
+            c.args(args).stdin(Stdio::null()).stdout(Stdio::null());
+            crate::spawn(&mut c)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let (mut rss, mut pss) = (0.0, 0.0);
+    for k in &kids {
+        let text =
+            std::fs::read_to_string(format!("/proc/{}/smaps_rollup", k.id())).unwrap_or_default();
+        for line in text.lines() {
+            let val = || {
+                line.split_whitespace()
+                    .nth(1)
+                    .unwrap()
+                    .parse::<f64>()
+                    .unwrap()
+            };
+            if line.starts_with("Rss:") {
+                rss += val();
+            } else if line.starts_with("Pss:") {
+                pss += val();
+            }
+        }
+    }
+    for k in &mut kids {
+        k.wait().unwrap();
+    }
+    (rss / n as f64, pss / n as f64)
+}
+
+struct Program {
+    name: &'static str,
+    path: PathBuf,
+    args: Vec<&'static str>,
+    env: Vec<(&'static str, String)>,
+}
+
+fn programs() -> Vec<Program> {
+    let p = |name, path: &str, args: Vec<&'static str>| Program {
+        name,
+        path: PathBuf::from(path),
+        args,
+        env: vec![],
+    };
+    let mut v = vec![
+        p("ls", "/bin/ls", vec!["--version"]),
+        p("sort", "/usr/bin/sort", vec!["--version"]),
+        p("gzip", "/bin/gzip", vec!["--version"]),
+        p("bash", "/bin/bash", vec!["--version"]),
+        p("python3", "/usr/bin/python3", vec!["--version"]),
+        p(
+            "python3 -c pass",
+            "/usr/bin/python3",
+            vec!["-S", "-c", "pass"],
+        ),
+    ];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/i386-sysroot");
+    if root.join("usr/bin/sqlite3").exists() {
+        let lp = format!(
+            "{}:{}",
+            root.join("lib/i386-linux-gnu").display(),
+            root.join("usr/lib/i386-linux-gnu").display()
+        );
+        v.push(Program {
+            name: "sqlite3 (i386)",
+            path: root.join("usr/bin/sqlite3"),
+            args: vec!["--version"],
+            env: vec![("LD_LIBRARY_PATH", lp.clone())],
+        });
+        v.push(Program {
+            name: "sort (i386)",
+            path: root.join("usr/bin/sort"),
+            args: vec!["--version"],
+            env: vec![("LD_LIBRARY_PATH", lp)],
+        });
+    }
+    v
+}
+
+/// Runs the benchmark; returns the report (a Markdown table per measurement).
+pub fn run(cfg: &Config) -> String {
+    let dir = scratch();
+    let mut out = String::new();
+    let static_ref = fixture("static-x86_64");
+
+    out += "### Start-up (wall time of one run, median over interleaved runs)\n\n";
+    out += "| program | libs | original ms (p10–p90) | packed ms (p10–p90) | packed ÷ original |\n|---|---|---|---|---|\n";
+    let mut sizes = String::new();
+    let mut packing = String::new();
+    for prog in programs() {
+        let packed = dir.path().join(prog.name.replace([' ', '(', ')'], "_"));
+        let env_args: Vec<String> = prog
+            .env
+            .iter()
+            .map(|(k, v)| format!("--env={k}={v}"))
+            .collect();
+        let env_refs: Vec<&str> = env_args.iter().map(String::as_str).collect();
+        let (pack_s, verbose) = pack(&prog.path, &packed, &env_refs);
+        let (mut o, mut p) = (Vec::new(), Vec::new());
+        for _ in 0..cfg.runs {
+            o.push(time_run(
+                Command::new(&prog.path)
+                    .args(&prog.args)
+                    .envs(prog.env.iter().map(|(k, v)| (k, v))),
+            ));
+            p.push(time_run(Command::new(&packed).args(&prog.args)));
+        }
+        let (so, sp) = (stats(o), stats(p));
+        let files = mapped_files(&prog.path, &prog.env);
+        out += &format!(
+            "| {} | {} | {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) | {:.2} |\n",
+            prog.name,
+            files.len() - 1,
+            so.median * 1e3,
+            so.p10 * 1e3,
+            so.p90 * 1e3,
+            sp.median * 1e3,
+            sp.p10 * 1e3,
+            sp.p90 * 1e3,
+            sp.median / so.median
+        );
+        // Packing time against: one run of the program + copying its mapped files.
+        let copy_dir = dir.path().join("copy");
+        std::fs::create_dir_all(&copy_dir).unwrap();
+        let t = Instant::now();
+        for (i, f) in files.iter().enumerate() {
+            std::fs::copy(f, copy_dir.join(i.to_string())).unwrap();
+        }
+        let copy_s = t.elapsed().as_secs_f64();
+        let reference = so.median + copy_s;
+        packing += &format!(
+            "| {} | {:.1} | {:.1} | {:.2} |\n",
+            prog.name,
+            pack_s * 1e3,
+            reference * 1e3,
+            pack_s / reference
+        );
+        let total: u64 = files.iter().map(|f| file_size(f)).sum();
+        let packed_size = file_size(&packed);
+        let stored = verbose
+            .split(" bytes stored")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .unwrap_or("?")
+            .to_string();
+        let zero = verbose
+            .split(" zero-filled")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .unwrap_or("?")
+            .to_string();
+        sizes += &format!(
+            "| {} | {} | {} | {:.3} | {} | {} |\n",
+            prog.name,
+            packed_size,
+            total,
+            packed_size as f64 / total as f64,
+            stored,
+            zero
+        );
+    }
+    // The floor: a statically linked program of similar work.
+    let st: Vec<f64> = (0..cfg.runs)
+        .map(|_| time_run(Command::new(&static_ref).arg("true")))
+        .collect();
+    let st = stats(st);
+    out += &format!(
+        "| static reference (`fixture true`, static) | 0 | {:.2} ({:.2}–{:.2}) | | |\n\n",
+        st.median * 1e3,
+        st.p10 * 1e3,
+        st.p90 * 1e3
+    );
+
+    out += "### Packing time (`elfpack build` ÷ one run of the program + `cp` of its mapped files)\n\n";
+    out += "| program | elfpack build ms | reference ms | ratio |\n|---|---|---|---|\n";
+    out += &packing;
+    out += "\n### Size (packed file ÷ program + every library it maps)\n\n";
+    out += "| program | packed bytes | program + libraries bytes | ratio | bytes stored | zero bytes not stored |\n|---|---|---|---|---|---|\n";
+    out += &sizes;
+
+    // Memory of concurrent instances.
+    let py = Path::new("/usr/bin/python3");
+    let pypacked = dir.path().join("py-mem");
+    pack(py, &pypacked, &[]);
+    let args = ["-S", "-c", "import time; time.sleep(1.5)"];
+    let (ro, po) = memory(py, &args, cfg.instances);
+    let (rp, pp) = memory(&pypacked, &args, cfg.instances);
+    out += &format!(
+        "\n### Memory ({} concurrent `python3 -S -c 'sleep'`, per instance)\n\n| | Rss kB | Pss kB |\n|---|---|---|\n| original | {ro:.0} | {po:.0} |\n| packed | {rp:.0} | {pp:.0} |\n| packed ÷ original | {:.2} | {:.2} |\n",
+        cfg.instances,
+        rp / ro,
+        pp / po
+    );
+
+    // Run-time overhead, packed at the level the original picks here (native).
+    let fx = fixture("fixture-x86_64-pie");
+    let fxn = dir.path().join("fx-native");
+    pack(&fx, &fxn, &["--cpu", "native"]);
+    let reps = cfg.runs.clamp(3, 7);
+    let mut rows = String::new();
+    for (name, args) in [
+        (
+            "vDSO loop (clock_gettime)",
+            vec!["vdsoloop".to_string(), cfg.vdso_calls.to_string()],
+        ),
+        (
+            "memcpy/strlen workload",
+            vec!["memcpyloop".to_string(), cfg.memcpy_rounds.to_string()],
+        ),
+    ] {
+        let (mut o, mut p) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            o.push(time_run(Command::new(&fx).args(&args)));
+            p.push(time_run(Command::new(&fxn).args(&args)));
+        }
+        let (so, sp) = (stats(o), stats(p));
+        rows += &format!(
+            "| {name} | {:.1} | {:.1} | {:.3} |\n",
+            so.median * 1e3,
+            sp.median * 1e3,
+            sp.median / so.median
+        );
+    }
+    out += "\n### Run-time overhead (packed with `--cpu native`, the original's own choice)\n\n| workload | original ms | packed ms | ratio |\n|---|---|---|---|\n";
+    out += &rows;
+
+    // CPU levels: baseline against native on hashing and sorting.
+    let data: Vec<u8> = (0..cfg.level_bytes as u32)
+        .map(|i| b'a' + (i.wrapping_mul(2654435761) >> 27) as u8 % 26)
+        .collect();
+    let data: Vec<u8> = data
+        .chunks(40)
+        .flat_map(|c| c.iter().copied().chain(std::iter::once(b'\n')))
+        .collect();
+    let input = dir.path().join("input");
+    std::fs::write(&input, &data).unwrap();
+    let mut rows = String::new();
+    for (name, prog, args) in [
+        (
+            "sha256sum",
+            "/usr/bin/sha256sum",
+            vec![input.display().to_string()],
+        ),
+        ("sort", "/usr/bin/sort", vec![input.display().to_string()]),
+    ] {
+        let b = dir.path().join(format!("{name}-baseline"));
+        let n = dir.path().join(format!("{name}-native"));
+        pack(Path::new(prog), &b, &["--cpu", "baseline"]);
+        pack(Path::new(prog), &n, &["--cpu", "native"]);
+        let (mut tb, mut tn) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            tn.push(time_run(Command::new(&n).args(&args).env("LC_ALL", "C")));
+            tb.push(time_run(Command::new(&b).args(&args).env("LC_ALL", "C")));
+        }
+        let (sb, sn) = (stats(tb), stats(tn));
+        rows += &format!(
+            "| {name} {} MB | {:.1} | {:.1} | {:.3} |\n",
+            data.len() >> 20,
+            sn.median * 1e3,
+            sb.median * 1e3,
+            sb.median / sn.median
+        );
+    }
+    out += "\n### CPU level: `--cpu baseline` ÷ `--cpu native`\n\n| workload | native ms | baseline ms | baseline ÷ native |\n|---|---|---|---|\n";
+    out += &rows;
+
+    // The stub's own work, as it reports it.
+    let trace: Vec<f64> = (0..cfg.runs)
+        .map(|_| {
+            let o = Command::new(&pypacked)
+                .args(["-S", "-c", "pass"])
+                .env("ELFPACK_TRACE", "1")
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            let ns = err
+                .split("restore took ")
+                .nth(1)
+                .and_then(|s| s.split(' ').next())
+                .and_then(|s| s.parse::<f64>().ok());
+            ns.unwrap_or_else(|| panic!("no restore time reported: {err}"))
+        })
+        .collect();
+    let t = stats(trace);
+    out += &format!(
+        "\n### Stub\n\nRestore work of packed python3 (exec to resume, `ELFPACK_TRACE=1`): median {:.1} µs (p10 {:.1}, p90 {:.1}).\n",
+        t.median / 1e3,
+        t.p10 / 1e3,
+        t.p90 / 1e3
+    );
+    out
+}
