@@ -110,18 +110,28 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
         // Pages still equal to their file hold nothing ld.so wrote (constant tables, such
         // as .eh_frame_hdr's relative offsets, can look like stack addresses on i386).
         let file = if r.origin.starts_with('/') {
-            read_file_range(&r.origin, r.file_offset, data.len())
+            crate::files::map(&r.origin).ok()
         } else {
             None
         };
-        for (i, chunk) in data.chunks_exact(w).enumerate() {
-            if let Some(file) = &file {
-                let page = i * w / 4096 * 4096;
-                if data[page..(page + 4096).min(data.len())]
-                    == file[page..(page + 4096).min(file.len())]
-                {
-                    continue;
+        // Which pages ld.so wrote (all of them for anonymous memory): those that differ
+        // from the file, which the kernel maps zero-padded past its end.
+        let written: Vec<bool> = data
+            .chunks(4096)
+            .enumerate()
+            .map(|(k, page)| match &file {
+                Some(f) => {
+                    let from = (r.file_offset as usize + k * 4096).min(f.len());
+                    let to = (from + page.len()).min(f.len());
+                    let (head, tail) = page.split_at(to - from);
+                    head != &f[from..to] || tail.iter().any(|&b| b != 0)
                 }
+                None => true,
+            })
+            .collect();
+        for (i, chunk) in data.chunks_exact(w).enumerate() {
+            if !written[i * w / 4096] {
+                continue;
             }
             let v = word_of(chunk, w);
             let addr = r.start + (i * w) as u64;
@@ -154,15 +164,4 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
     }
     image.fixups = found;
     Ok(notes)
-}
-
-/// `len` bytes of `path` from `offset`, zero-padded past its end (as the kernel maps it).
-fn read_file_range(path: &str, offset: u64, len: usize) -> Option<Vec<u8>> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).ok()?;
-    f.seek(SeekFrom::Start(offset)).ok()?;
-    let mut buf = Vec::with_capacity(len);
-    f.take(len as u64).read_to_end(&mut buf).ok()?;
-    buf.resize(len, 0);
-    Some(buf)
 }

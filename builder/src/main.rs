@@ -7,6 +7,7 @@
 mod capture;
 mod cpu;
 mod error;
+mod files;
 mod fixups;
 mod image;
 mod inspect;
@@ -252,40 +253,50 @@ fn build(a: &BuildArgs) -> Result<()> {
         at_entry: a.stop_at_entry,
     };
     let t_capture = Instant::now();
-    let captured = capture::capture(&prog, &opts)?;
+    // Two captures, at once: the second shows which words still vary from run to run.
+    let (first, second) = std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            let c = capture::capture(&prog, &opts)?;
+            let mut image = c.image;
+            fixups::find(&mut image, &c.stack)?;
+            normalize::reset_thread_state(&mut image);
+            Ok::<_, Error>(image)
+        });
+        let first = capture::capture(&prog, &opts).and_then(|c| {
+            let mut image = c.image;
+            let notes = fixups::find(&mut image, &c.stack)?;
+            normalize::reset_thread_state(&mut image);
+            Ok((image, notes, c.warnings))
+        });
+        (
+            first,
+            other
+                .join()
+                .unwrap_or_else(|_| Err(other!("the second capture failed"))),
+        )
+    });
+    let (mut image, fixup_notes, warnings) = first?;
+    let image2 = second?;
     let capture_time = t_capture.elapsed();
-    let mut image = captured.image;
-    let fixup_notes = fixups::find(&mut image, &captured.stack)?;
-    normalize::reset_thread_state(&mut image);
-    // A second capture shows which words still vary from run to run.
-    let again = capture::capture(&prog, &opts)?;
-    let mut image2 = again.image;
-    fixups::find(&mut image2, &again.stack)?;
-    normalize::reset_thread_state(&mut image2);
     let varying = normalize::zero_differences(&mut image, &image2)?;
     drop(image2);
     let unknown = vdso::find_entries(&mut image)?;
     image.cpu_needs = plan.needs;
     image.cpu_level = plan.name.clone();
-    let t_write = Instant::now();
+    let t_symbols = Instant::now();
     let symbols = if a.strip {
         Vec::new()
     } else {
         symbols::collect(&image.objects)
     };
+    let symbols_time = t_symbols.elapsed();
     let nsyms = symbols.len() as u64;
-    let meta_image = image.clone();
-    let (bytes, stats) = writer::write(&mut image, &symbols, |st, usage| {
-        let m = meta::build(
-            &meta_image,
-            &prog,
-            usage,
-            st.stub_size,
-            st.segments as u64,
-            nsyms,
-        );
+    let t_write = Instant::now();
+    let (bytes, stats) = writer::write(&mut image, &symbols, |image, st, usage| {
+        let m = meta::build(image, &prog, usage, st.stub_size, st.segments as u64, nsyms);
         serde_json::to_vec(&m).expect("serialisable")
     })?;
+    let write_time = t_write.elapsed();
     let mut tmp = tempfile::Builder::new()
         .prefix(".elfpack-")
         .tempfile_in(&dir)
@@ -298,8 +309,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     tmp.persist(&a.output)
         .map_err(|e| other!("{}: {}", a.output.display(), program::io_reason(&e.error)))?;
     if !a.quiet {
-        for w in captured
-            .warnings
+        for w in warnings
             .iter()
             .filter(|w| w.contains("not glibc's handover"))
         {
@@ -307,7 +317,7 @@ fn build(a: &BuildArgs) -> Result<()> {
         }
     }
     if a.verbose {
-        for w in &captured.warnings {
+        for w in &warnings {
             eprintln!("elfpack: note: {w}");
         }
         for n in fixup_notes.iter().take(5) {
@@ -380,9 +390,10 @@ fn build(a: &BuildArgs) -> Result<()> {
             stats.stub_base
         );
         eprintln!(
-            "elfpack: capture {:.1} ms, write {:.1} ms, total {:.1} ms",
+            "elfpack: capture {:.1} ms (two, at once), symbols {:.1} ms, write {:.1} ms, total {:.1} ms",
             capture_time.as_secs_f64() * 1e3,
-            t_write.elapsed().as_secs_f64() * 1e3,
+            symbols_time.as_secs_f64() * 1e3,
+            write_time.as_secs_f64() * 1e3,
             t0.elapsed().as_secs_f64() * 1e3
         );
     } else if !a.quiet {

@@ -107,7 +107,7 @@ fn glibc_version(bytes: &[u8]) -> Option<String> {
 }
 
 fn library(path: &str, base: u64) -> Library {
-    let bytes = std::fs::read(path).unwrap_or_default();
+    let bytes = crate::files::map(path).unwrap_or(crate::files::Bytes::Empty);
     let elf = Elf::parse(&bytes).ok();
     Library {
         path: path.to_string(),
@@ -139,7 +139,9 @@ pub fn build(
         }
         let lib = library(&o.path, o.base);
         if lib.soname.as_deref() == Some("libc.so.6") {
-            glibc = glibc_version(&std::fs::read(&o.path).unwrap_or_default());
+            glibc = crate::files::map(&o.path)
+                .ok()
+                .and_then(|b| glibc_version(&b));
         }
         libraries.push(lib);
     }

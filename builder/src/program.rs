@@ -82,7 +82,7 @@ pub fn inspect(path: &Path) -> Result<Program> {
             "{shown}: is setuid/setgid; elfpack refuses to pack privileged programs"
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| unpackable!("{shown}: {}", io_reason(&e)))?;
+    let bytes = crate::files::map(path).map_err(|e| unpackable!("{shown}: {}", io_reason(&e)))?;
     if bytes.starts_with(b"#!") {
         return Err(unpackable!(
             "{shown}: is a script, not an ELF program; pack its interpreter"
@@ -177,7 +177,7 @@ pub fn io_reason(e: &std::io::Error) -> String {
 /// default directories. The library must match the program's architecture.
 pub fn find_library(name: &str, arch: Arch, ld_library_path: Option<&str>) -> Result<PathBuf> {
     let matches = |p: &Path| -> bool {
-        std::fs::read(p)
+        crate::files::map(p)
             .ok()
             .and_then(|b| {
                 Elf::parse(&b)

@@ -3,7 +3,7 @@ use goblin::elf::Elf;
 
 /// The value of dynamic symbol `name` in the ELF file at `path` (link-time address).
 pub fn lookup_dynsym(path: &str, name: &str) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
+    let bytes = crate::files::map(path).ok()?;
     let elf = Elf::parse(&bytes).ok()?;
     elf.dynsyms
         .iter()
@@ -28,7 +28,7 @@ pub fn collect(objects: &[crate::image::Object]) -> Vec<ImageSymbol> {
     use goblin::elf::sym;
     let mut out = Vec::new();
     for o in objects {
-        let Ok(bytes) = std::fs::read(&o.path) else {
+        let Ok(bytes) = crate::files::map(&o.path) else {
             continue;
         };
         let Ok(elf) = Elf::parse(&bytes) else {

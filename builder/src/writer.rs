@@ -16,6 +16,7 @@ use goblin::elf::program_header::{ProgramHeader, PF_R, PF_W, PF_X, PT_GNU_STACK,
 use goblin::elf::Header;
 use scroll::ctx::IntoCtx;
 use scroll::{Pread, Pwrite};
+use std::borrow::Cow;
 
 const PAGE: u64 = 4096;
 /// Zero runs shorter than this many pages stay in the file (each elided run costs a
@@ -33,10 +34,11 @@ pub struct Stats {
     pub stub_base: u64,
 }
 
-struct Seg {
+struct Seg<'a> {
     vaddr: u64,
     memsz: u64,
-    data: Vec<u8>,
+    /// File contents: borrowed from the image, owned for the stub and the descriptor.
+    data: Cow<'a, [u8]>,
     flags: u32,
     /// The image region it belongs to (none for the stub and the descriptor).
     region: Option<usize>,
@@ -53,7 +55,7 @@ fn align_up(v: u64, a: u64) -> u64 {
 }
 
 /// Splits the image into segments, and lists the protections the stub must set last.
-fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
+fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg<'_>>, Vec<Protect>) {
     let mut segs = Vec::new();
     let mut protect = Vec::new();
     let rw = PROT_READ | PROT_WRITE;
@@ -76,7 +78,7 @@ fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
             segs.push(Seg {
                 vaddr: r.start,
                 memsz: r.len(),
-                data: Vec::new(),
+                data: Cow::Borrowed(&[]),
                 flags: 0,
                 region: Some(ri),
             });
@@ -115,7 +117,7 @@ fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
                         segs.push(Seg {
                             vaddr: start,
                             memsz: len,
-                            data: Vec::new(),
+                            data: Cow::Borrowed(&[]),
                             flags: pf(prot),
                             region: Some(ri),
                         });
@@ -130,7 +132,7 @@ fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
                     }
                 }
             } else {
-                let bytes = data[i * PAGE as usize..j * PAGE as usize].to_vec();
+                let end = j * PAGE as usize;
                 match segs.last_mut() {
                     Some(prev)
                         if prev.flags == pf(prot)
@@ -138,13 +140,14 @@ fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg>, Vec<Protect>) {
                             && prev.vaddr + prev.memsz == start
                             && prev.memsz == prev.data.len() as u64 =>
                     {
-                        prev.data.extend_from_slice(&bytes);
+                        let from = (prev.vaddr - r.start) as usize;
+                        prev.data = Cow::Borrowed(&data[from..end]);
                         prev.memsz += len;
                     }
                     _ => segs.push(Seg {
                         vaddr: start,
                         memsz: len,
-                        data: bytes,
+                        data: Cow::Borrowed(&data[i * PAGE as usize..end]),
                         flags: pf(prot),
                         region: Some(ri),
                     }),
@@ -186,7 +189,7 @@ impl Blob {
 pub fn write(
     image: &mut Image,
     symbols: &[ImageSymbol],
-    meta: impl FnOnce(&Stats, &[(u64, u64)]) -> Vec<u8>,
+    meta: impl FnOnce(&Image, &Stats, &[(u64, u64)]) -> Vec<u8>,
 ) -> Result<(Vec<u8>, Stats)> {
     let arch = image.arch;
     let vdso_entries = image
@@ -209,11 +212,11 @@ pub fn write(
         .sum::<usize>()
         + image.cpu_level.len()
         + 1;
-    let (segs0, protect0) = segments(image, MIN_ZERO_RUN);
+    let protect_estimate = segments(image, MIN_ZERO_RUN).1.len();
     let blob_estimate = abi::DESCRIPTOR_SIZE
         + image.fixups.len() * 24
         + vdso_entries.len() * (16 + 8)
-        + (protect0.len() + 1) * 24
+        + (protect_estimate + 1) * 24
         + strings_len
         + 64;
     let total = probe.desc_offset + align_up(blob_estimate as u64, PAGE);
@@ -278,8 +281,8 @@ pub fn write(
             .map(|(i, e)| (e.addr, slot_addr(i)))
             .collect::<Vec<_>>(),
     )?;
+    let image: &Image = image;
     let (segs, mut protect) = segments(image, MIN_ZERO_RUN);
-    debug_assert_eq!(segs.len(), segs0.len());
     // The descriptor (with the vDSO slots) becomes read-only once the stub is done.
     let blob_len_final = align_up(
         (blob.bytes.len() + (protect.len() + 1) * 24 + strings.len() + 16) as u64,
@@ -333,7 +336,7 @@ pub fn write(
         all.push(Seg {
             vaddr: stub_base + off,
             memsz,
-            data,
+            data: data.into(),
             flags,
             region: None,
         });
@@ -341,7 +344,7 @@ pub fn write(
     all.push(Seg {
         vaddr: desc_addr,
         memsz: blob_len_final,
-        data: blob.bytes,
+        data: Cow::Owned(blob.bytes),
         flags: PF_R | PF_W,
         region: None,
     });
@@ -421,7 +424,7 @@ pub fn write(
             usage[r].1 += s.memsz - s.data.len() as u64;
         }
     }
-    let doc = meta(&stats, &usage);
+    let doc = meta(image, &stats, &usage);
     let (shoff, shnum, shstrndx) = append_sections(&mut out, ctx, &all, symbols, &doc)?;
     h.e_shoff = shoff;
     h.e_shnum = shnum;
