@@ -106,7 +106,14 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
         if r.prot & PROT_EXEC != 0 || r.origin == "[vdso proxy]" {
             continue;
         }
-        let Some(data) = &r.data else { continue };
+        // The file's own bytes: nothing ld.so wrote.
+        let Some(data) = r
+            .data
+            .as_deref()
+            .filter(|_| !r.data.as_ref().is_some_and(|d| d.is_file()))
+        else {
+            continue;
+        };
         // Pages still equal to their file hold nothing ld.so wrote (constant tables, such
         // as .eh_frame_hdr's relative offsets, can look like stack addresses on i386).
         let file = if r.origin.starts_with('/') {

@@ -21,7 +21,49 @@ pub struct Region {
     /// Offset in `origin` of the first byte, for file mappings.
     pub file_offset: u64,
     /// The contents; `None` for reserved (PROT_NONE) ranges, whose contents nobody reads.
-    pub data: Option<Vec<u8>>,
+    pub data: Option<Data>,
+}
+
+/// A region's bytes: read from the process, or (for file mappings nobody wrote to) a
+/// range of the file itself, which need not be copied.
+#[derive(Clone)]
+pub enum Data {
+    Owned(Vec<u8>),
+    File(std::sync::Arc<crate::files::Bytes>, usize, usize),
+}
+
+impl std::ops::Deref for Data {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Data::Owned(v) => v,
+            Data::File(f, off, len) => &f[*off..*off + *len],
+        }
+    }
+}
+
+impl std::fmt::Debug for Data {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes", self.len())
+    }
+}
+
+impl Data {
+    /// The bytes, made private to the image first if they were the file's.
+    pub fn to_mut(&mut self) -> &mut Vec<u8> {
+        if let Data::File(..) = self {
+            *self = Data::Owned(self.to_vec());
+        }
+        match self {
+            Data::Owned(v) => v,
+            Data::File(..) => unreachable!(),
+        }
+    }
+
+    /// Whether these are the file's own bytes (so nobody wrote to them).
+    pub fn is_file(&self) -> bool {
+        matches!(self, Data::File(..))
+    }
 }
 
 impl Region {
@@ -110,7 +152,7 @@ impl Image {
         match r
             .data
             .as_mut()
-            .and_then(|d| d.get_mut(off..off + bytes.len()))
+            .and_then(|d| d.to_mut().get_mut(off..off + bytes.len()))
         {
             Some(dst) => {
                 dst.copy_from_slice(bytes);

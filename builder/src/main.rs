@@ -22,7 +22,6 @@ mod writer;
 use clap::{Parser, Subcommand};
 use error::{other, unpackable, Error, Result};
 use std::ffi::OsString;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -251,12 +250,19 @@ fn build(a: &BuildArgs) -> Result<()> {
         env: capture_env(a, plan.hwcaps.as_deref(), prog.arch)?,
         timeout: Duration::from_secs_f64(a.timeout),
         at_entry: a.stop_at_entry,
+        skip_code: false,
     };
     let t_capture = Instant::now();
     // Two captures, at once: the second shows which words still vary from run to run.
     let (first, second) = std::thread::scope(|s| {
         let other = s.spawn(|| {
-            let c = capture::capture(&prog, &opts)?;
+            let c = capture::capture(
+                &prog,
+                &capture::Options {
+                    skip_code: true,
+                    ..opts.clone()
+                },
+            )?;
             let mut image = c.image;
             fixups::find(&mut image, &c.stack)?;
             normalize::reset_thread_state(&mut image);
@@ -292,17 +298,15 @@ fn build(a: &BuildArgs) -> Result<()> {
     let symbols_time = t_symbols.elapsed();
     let nsyms = symbols.len() as u64;
     let t_write = Instant::now();
-    let (bytes, stats) = writer::write(&mut image, &symbols, |image, st, usage| {
+    let tmp = tempfile::Builder::new()
+        .prefix(".elfpack-")
+        .tempfile_in(&dir)
+        .map_err(|e| other!("{}: {}", dir.display(), program::io_reason(&e)))?;
+    let stats = writer::write(tmp.as_file(), &mut image, &symbols, |image, st, usage| {
         let m = meta::build(image, &prog, usage, st.stub_size, st.segments as u64, nsyms);
         serde_json::to_vec(&m).expect("serialisable")
     })?;
     let write_time = t_write.elapsed();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".elfpack-")
-        .tempfile_in(&dir)
-        .map_err(|e| other!("{}: {}", dir.display(), program::io_reason(&e)))?;
-    tmp.write_all(&bytes)
-        .map_err(|e| other!("writing {}: {}", a.output.display(), program::io_reason(&e)))?;
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(0o755))
         .map_err(|e| other!("{}: {}", a.output.display(), program::io_reason(&e)))?;

@@ -51,10 +51,15 @@ pub fn zero_differences(a: &mut Image, b: &Image) -> Result<Vec<u64>> {
         let (Some(da), Some(db)) = (ra.data.as_mut(), rb.data.as_ref()) else {
             continue;
         };
-        if da == db {
+        if **da == **db {
             continue;
         }
-        for (i, (wa, wb)) in da.chunks_exact_mut(w).zip(db.chunks_exact(w)).enumerate() {
+        for (i, (wa, wb)) in da
+            .to_mut()
+            .chunks_exact_mut(w)
+            .zip(db.chunks_exact(w))
+            .enumerate()
+        {
             if wa != wb {
                 wa.fill(0);
                 diffs.push(ra.start + (i * w) as u64);

@@ -17,7 +17,8 @@ pub fn find_entries(image: &mut Image) -> Result<Vec<String>> {
         .ok_or_else(|| other!("vDSO region missing"))?;
     let data = region
         .data
-        .clone()
+        .as_deref()
+        .map(<[u8]>::to_vec)
         .ok_or_else(|| other!("vDSO not readable"))?;
     let elf = Elf::parse(&data).map_err(|e| other!("captured vDSO is not ELF: {e}"))?;
     let load_vaddr = elf

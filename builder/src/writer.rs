@@ -15,13 +15,14 @@ use goblin::container::{Container, Ctx, Endian};
 use goblin::elf::program_header::{ProgramHeader, PF_R, PF_W, PF_X, PT_GNU_STACK, PT_LOAD};
 use goblin::elf::Header;
 use scroll::ctx::IntoCtx;
-use scroll::{Pread, Pwrite};
+use scroll::Pwrite;
 use std::borrow::Cow;
+use std::os::unix::fs::FileExt;
 
 const PAGE: u64 = 4096;
 /// Zero runs shorter than this many pages stay in the file (each elided run costs a
 /// segment, and the kernel accepts at most 64 KiB of program headers).
-const MIN_ZERO_RUN: usize = 2;
+const MIN_ZERO_RUN: usize = 1;
 
 /// Sizes, for `-v` and `inspect`.
 #[derive(Debug, Default, Clone)]
@@ -183,14 +184,15 @@ impl Blob {
     }
 }
 
-/// Writes the packed file for `image`, with `symbols` in a symbol table and the document
+/// Writes the packed file for `image` into `file` (from offset 0), with `symbols` in a symbol table and the document
 /// `meta` returns (given the sizes and the (stored, zero) bytes of each region) in the
 /// non-loaded section `.elfpack`.
 pub fn write(
+    file: &std::fs::File,
     image: &mut Image,
     symbols: &[ImageSymbol],
     meta: impl FnOnce(&Image, &Stats, &[(u64, u64)]) -> Vec<u8>,
-) -> Result<(Vec<u8>, Stats)> {
+) -> Result<Stats> {
     let arch = image.arch;
     let vdso_entries = image
         .vdso
@@ -371,7 +373,9 @@ pub fn write(
             "the image needs {phnum} segments, more than the kernel accepts"
         ));
     }
-    let mut out = vec![0u8; (ehsize + phnum * phentsize) as usize];
+    // The headers are written last, at offset 0; segment bytes go straight to the file.
+    let mut head = vec![0u8; (ehsize + phnum * phentsize) as usize];
+    let mut end = head.len() as u64;
     let mut phdrs = Vec::new();
     let mut stats = Stats {
         stub_size: stub.size,
@@ -382,9 +386,10 @@ pub fn write(
         let offset = if s.data.is_empty() {
             0
         } else {
-            let off = align_up(out.len() as u64, PAGE) + (s.vaddr % PAGE);
-            out.resize(off as usize, 0);
-            out.extend_from_slice(&s.data);
+            let off = align_up(end, PAGE) + (s.vaddr % PAGE);
+            file.write_all_at(&s.data, off)
+                .map_err(|e| other!("writing the output: {e}"))?;
+            end = off + s.data.len() as u64;
             off
         };
         stats.stored += s.data.len() as u64;
@@ -412,8 +417,9 @@ pub fn write(
     h.e_entry = stub_base + stub.entry;
     h.e_phoff = ehsize;
     h.e_phnum = phnum as u16;
+    let offsets: Vec<u64> = phdrs.iter().map(|p| p.p_offset).collect();
     for (i, p) in phdrs.into_iter().enumerate() {
-        out.pwrite_with(p, (ehsize + i as u64 * phentsize) as usize, ctx)
+        head.pwrite_with(p, (ehsize + i as u64 * phentsize) as usize, ctx)
             .map_err(|e| other!("writing program headers: {e}"))?;
     }
     stats.segments = all.len();
@@ -425,21 +431,32 @@ pub fn write(
         }
     }
     let doc = meta(image, &stats, &usage);
-    let (shoff, shnum, shstrndx) = append_sections(&mut out, ctx, &all, symbols, &doc)?;
+    // Everything after the segments: symbols, the document, section headers.
+    let tail_at = end;
+    let mut out = Vec::new();
+    let (shoff, shnum, shstrndx) =
+        append_sections(&mut out, tail_at, ctx, &all, &offsets, symbols, &doc)?;
+    file.write_all_at(&out, tail_at)
+        .map_err(|e| other!("writing the output: {e}"))?;
     h.e_shoff = shoff;
     h.e_shnum = shnum;
     h.e_shstrndx = shstrndx;
-    h.into_ctx(&mut out[..ehsize as usize], ctx);
-    stats.file_size = out.len() as u64;
-    Ok((out, stats))
+    h.into_ctx(&mut head[..ehsize as usize], ctx);
+    file.write_all_at(&head, 0)
+        .map_err(|e| other!("writing the output: {e}"))?;
+    stats.file_size = tail_at + out.len() as u64;
+    Ok(stats)
 }
 
-/// Appends the section headers (one per segment, so that tools know what is code), the
-/// symbol table and the `.elfpack` document; returns (e_shoff, e_shnum, e_shstrndx).
+/// Builds, in `out` (which the file holds at offset `base`), the section headers (one per
+/// segment, so that tools know what is code), the symbol table and the `.elfpack`
+/// document; returns (e_shoff, e_shnum, e_shstrndx).
 fn append_sections(
     out: &mut Vec<u8>,
+    base: u64,
     ctx: Ctx,
     segs: &[Seg],
+    offsets: &[u64],
     symbols: &[ImageSymbol],
     doc: &[u8],
 ) -> Result<(u64, u16, u16)> {
@@ -487,15 +504,11 @@ fn append_sections(
             ..Default::default()
         });
     }
-    // Section offsets of the file-backed segments, from the program headers just written.
-    let phoff = if is64 { 64 } else { 52 };
-    let phentsize = if is64 { 56 } else { 32 };
-    for (i, _) in segs.iter().enumerate() {
-        let ph: ProgramHeader = out
-            .pread_with(phoff + i * phentsize, ctx)
-            .map_err(|e| other!("reading back program headers: {e}"))?;
-        shdrs[i + 1].sh_offset = ph.p_offset;
+    for (i, off) in offsets.iter().enumerate().take(segs.len()) {
+        shdrs[i + 1].sh_offset = *off;
     }
+    // `out` starts at file offset `base`: local offsets are aligned as file offsets.
+    let aligned8 = |len: usize| (align_up(base + len as u64, 8) - base) as usize;
     let section_of = |addr: u64| -> usize {
         segs.iter()
             .position(|s| s.vaddr <= addr && addr < s.vaddr + s.memsz)
@@ -519,7 +532,7 @@ fn append_sections(
                 st_size: s.size,
             });
         }
-        let symtab_off = align_up(out.len() as u64, 8) as usize;
+        let symtab_off = aligned8(out.len());
         out.resize(symtab_off + entries.len() * symsize, 0);
         for (i, e) in entries.into_iter().enumerate() {
             out.pwrite_with(e, symtab_off + i * symsize, ctx)
@@ -531,7 +544,7 @@ fn append_sections(
         shdrs.push(SectionHeader {
             sh_name: name(".symtab"),
             sh_type: SHT_SYMTAB,
-            sh_offset: symtab_off as u64,
+            sh_offset: base + symtab_off as u64,
             sh_size: ((locals.len() + globals.len() + 1) * symsize) as u64,
             sh_link: strtab_index,
             sh_info: locals.len() as u32 + 1,
@@ -542,7 +555,7 @@ fn append_sections(
         shdrs.push(SectionHeader {
             sh_name: name(".strtab"),
             sh_type: SHT_STRTAB,
-            sh_offset: strtab_off as u64,
+            sh_offset: base + strtab_off as u64,
             sh_size: strtab.len() as u64,
             sh_addralign: 1,
             ..Default::default()
@@ -553,7 +566,7 @@ fn append_sections(
     shdrs.push(SectionHeader {
         sh_name: name(crate::meta::SECTION),
         sh_type: SHT_PROGBITS,
-        sh_offset: doc_off as u64,
+        sh_offset: base + doc_off as u64,
         sh_size: doc.len() as u64,
         sh_addralign: 1,
         ..Default::default()
@@ -565,7 +578,7 @@ fn append_sections(
     shdrs.push(SectionHeader {
         sh_name: shstr_name,
         sh_type: SHT_STRTAB,
-        sh_offset: shstr_off as u64,
+        sh_offset: base + shstr_off as u64,
         sh_size: shstr.len() as u64,
         sh_addralign: 1,
         ..Default::default()
@@ -573,12 +586,12 @@ fn append_sections(
     if shdrs.len() >= 0xff00 {
         return Err(other!("too many sections ({})", shdrs.len()));
     }
-    let shoff = align_up(out.len() as u64, 8) as usize;
+    let shoff = aligned8(out.len());
     out.resize(shoff + shdrs.len() * shsize, 0);
     let n = shdrs.len();
     for (i, sh) in shdrs.into_iter().enumerate() {
         out.pwrite_with(sh, shoff + i * shsize, ctx)
             .map_err(|e| other!("writing section headers: {e}"))?;
     }
-    Ok((shoff as u64, n as u16, shstrndx as u16))
+    Ok((base + shoff as u64, n as u16, shstrndx as u16))
 }

@@ -71,12 +71,16 @@ const STEER_I386: Steer = Steer {
 /// fixed addresses reliably; low addresses are free in every process.
 const PIE_BASE: u64 = 0x1000_0000;
 
+#[derive(Clone)]
 pub struct Options {
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub timeout: Duration,
     /// Capture at the program's entry point rather than at `_dl_start_user`.
     pub at_entry: bool,
+    /// Leave out the contents of executable mappings (a capture made only to compare
+    /// data with another: ld.so does not write code).
+    pub skip_code: bool,
 }
 
 /// The capture-time initial stack, for classifying pointers into it.
@@ -175,7 +179,7 @@ pub fn capture(prog: &Program, opts: &Options) -> Result<Captured> {
             }
         });
     }
-    let result = run(&mut t, prog, &mem, word, opts.at_entry);
+    let result = run(&mut t, prog, &mem, word, opts.at_entry, opts.skip_code);
     done.store(true, Ordering::Relaxed);
     if fired.load(Ordering::Relaxed) {
         return Err(capture_err!(
@@ -310,6 +314,7 @@ fn run(
     mem: &Memory,
     word: usize,
     opts_at_entry: bool,
+    opts_skip_code: bool,
 ) -> Result<Captured> {
     let pid = t.pid.as_raw();
     let mut regs = t.regs()?;
@@ -586,6 +591,18 @@ fn run(
             }
         }
     }
+    // File mappings without a single private (written) page hold the file's own bytes:
+    // take them from the file instead of copying them out of the process.
+    let unwritten = procfs::unwritten_file_mappings(pid)?;
+    let mut files: std::collections::HashMap<String, std::sync::Arc<crate::files::Bytes>> =
+        Default::default();
+    for m in maps.iter().filter(|m| unwritten.contains_key(&m.start)) {
+        if !files.contains_key(&m.path) {
+            if let Ok(b) = crate::files::map(&m.path) {
+                files.insert(m.path.clone(), std::sync::Arc::new(b));
+            }
+        }
+    }
     let mut regions = Vec::new();
     let mut objects: Vec<Object> = Vec::new();
     let mut vdso = None;
@@ -598,10 +615,17 @@ fn run(
         if m.start <= stack.sp && stack.sp < m.end {
             continue;
         }
-        let data = if m.prot == 0 {
+        let len = (m.end - m.start) as usize;
+        let data = if m.prot == 0 || (opts_skip_code && m.prot & image::PROT_EXEC != 0) {
             None
+        } else if let Some(file) = unwritten
+            .get(&m.start)
+            .and_then(|_| files.get(&m.path))
+            .filter(|f| m.offset as usize + len <= f.len())
+        {
+            Some(image::Data::File(file.clone(), m.offset as usize, len))
         } else {
-            Some(mem.read(m.start, (m.end - m.start) as usize)?)
+            Some(image::Data::Owned(mem.read(m.start, len)?))
         };
         let origin = if m.path == "[vdso]" {
             "[vdso proxy]".to_string()

@@ -95,3 +95,28 @@ impl Memory {
         self.write(addr, &value.to_le_bytes()[..word])
     }
 }
+
+/// Start addresses of the file mappings that have no anonymous (copied-on-write) pages,
+/// from /proc/PID/smaps: their contents are exactly the file's.
+pub fn unwritten_file_mappings(pid: i32) -> Result<std::collections::HashMap<u64, ()>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .map_err(|e| capture_err!("cannot read /proc/{pid}/smaps: {e}"))?;
+    let mut out = std::collections::HashMap::new();
+    let mut current: Option<(u64, bool)> = None;
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, _)) = first
+            .split_once('-')
+            .filter(|(a, _)| u64::from_str_radix(a, 16).is_ok())
+        {
+            let path = line.split_whitespace().nth(5).unwrap_or("");
+            current = Some((u64::from_str_radix(a, 16).unwrap(), path.starts_with('/')));
+        } else if let (Some(rest), Some((start, true))) = (line.strip_prefix("Anonymous:"), current)
+        {
+            if rest.trim().trim_end_matches("kB").trim() == "0" {
+                out.insert(start, ());
+            }
+        }
+    }
+    Ok(out)
+}
