@@ -1,7 +1,7 @@
 //! Step 0: refuse to start on a CPU that lacks a feature the image's code was chosen for
 //! (glibc picked IFUNC implementations on the capture CPU), instead of dying later with
 //! SIGILL.
-use crate::{arch, desc, fail, sys};
+use crate::{arch, desc, fail, line::Line, sys};
 use elfpack_stub::abi::{cpu::*, Descriptor};
 
 /// The features this CPU (and OS) offers, as `abi::cpu` bits.
@@ -52,24 +52,15 @@ pub fn present() -> u64 {
     f
 }
 
-fn put_names(buf: &mut [u8], n: &mut usize, bits: u64) {
+fn put_names(line: &mut Line, bits: u64) {
     let mut first = true;
     for (i, name) in NAMES.iter().enumerate() {
         if bits & (1 << i) != 0 {
             if !first {
-                push(buf, n, b", ");
+                line.push(b", ");
             }
             first = false;
-            push(buf, n, name.as_bytes());
-        }
-    }
-}
-
-fn push(buf: &mut [u8], n: &mut usize, s: &[u8]) {
-    for &b in s {
-        if *n < buf.len() {
-            buf[*n] = b;
-            *n += 1;
+            line.push(name.as_bytes());
         }
     }
 }
@@ -83,23 +74,18 @@ pub fn check(d: &'static Descriptor) {
     if missing == 0 {
         return;
     }
-    let mut buf = [0u8; 400];
-    let mut n = 0;
-    push(&mut buf, &mut n, b"elfpack: this program was packed for ");
     let level = desc::string(d, d.cpu_level_name);
-    push(&mut buf, &mut n, unsafe {
-        // SAFETY: the level name is a NUL-terminated string of the descriptor.
+    let mut line = Line::new();
+    line.push(b"elfpack: this program was packed for ");
+    // SAFETY: the level name is a NUL-terminated string of the descriptor.
+    line.push(unsafe {
         core::slice::from_raw_parts(level, crate::stack::InitialStack::strlen(level))
     });
-    push(&mut buf, &mut n, b" (needs ");
-    put_names(&mut buf, &mut n, d.cpu_needs);
-    push(&mut buf, &mut n, b"); this CPU lacks ");
-    put_names(&mut buf, &mut n, missing);
-    push(
-        &mut buf,
-        &mut n,
-        " \u{2014} repack with --cpu baseline\n".as_bytes(),
-    );
-    sys::write(2, &buf[..n]);
+    line.push(b" (needs ");
+    put_names(&mut line, d.cpu_needs);
+    line.push(b"); this CPU lacks ");
+    put_names(&mut line, missing);
+    line.push(" \u{2014} repack with --cpu baseline".as_bytes());
+    line.emit();
     sys::exit_group(fail::EXIT_RESTORE_FAILED);
 }

@@ -13,6 +13,7 @@ mod cpu;
 mod desc;
 mod fail;
 mod fixups;
+mod line;
 mod mem;
 mod mm;
 mod protect;

@@ -1,6 +1,6 @@
 //! `ELFPACK_TRACE=1` in the environment makes the stub report how long its restore took
 //! (from reading the stack to the jump into ld.so), on stderr.
-use crate::{arch::syscall6, stack::InitialStack, sys};
+use crate::{arch::syscall6, line::Line, stack::InitialStack};
 use linux_raw_sys::general as g;
 
 const NAME: &[u8] = b"ELFPACK_TRACE=";
@@ -41,29 +41,9 @@ pub fn start(st: &InitialStack) -> Option<u64> {
 /// Prints `elfpack: restore took N ns`.
 pub fn finish(t0: Option<u64>) {
     let Some(t0) = t0 else { return };
-    let ns = now_ns().saturating_sub(t0);
-    let mut buf = [0u8; 64];
-    let prefix = b"elfpack: restore took ";
-    buf[..prefix.len()].copy_from_slice(prefix);
-    let mut n = prefix.len();
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut v = ns;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for &d in &digits[i..] {
-        buf[n] = d;
-        n += 1;
-    }
-    for &c in b" ns\n" {
-        buf[n] = c;
-        n += 1;
-    }
-    sys::write(2, &buf[..n]);
+    Line::new()
+        .push(b"elfpack: restore took ")
+        .push_u64(now_ns().saturating_sub(t0))
+        .push(b" ns")
+        .emit();
 }

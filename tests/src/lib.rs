@@ -205,10 +205,12 @@ pub fn spawn(cmd: &mut Command) -> std::process::Child {
     }
 }
 
-fn finish(mut cmd: Command, stdin: &[u8]) -> Run {
+/// Runs `cmd` with `stdin` fed from another thread (so a large input cannot deadlock
+/// against a full stdout pipe); returns its output.
+fn communicate(mut cmd: Command, stdin: &[u8], stderr: Stdio) -> Output {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(stderr);
     let mut child = spawn(&mut cmd);
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
@@ -217,7 +219,11 @@ fn finish(mut cmd: Command, stdin: &[u8]) -> Run {
     });
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
-    Run::from(out)
+    out
+}
+
+fn finish(cmd: Command, stdin: &[u8]) -> Run {
+    Run::from(communicate(cmd, stdin, Stdio::piped()))
 }
 
 /// Where a packed file is placed to run in `mode`, and the argv[0] it then sees.
@@ -352,19 +358,10 @@ pub fn run_cmd(cmd: Command, stdin: &[u8]) -> Run {
 }
 
 /// Runs a prepared command with `stdin`; returns its raw stdout, asserting success.
-pub fn run_cmd_raw(mut cmd: Command, stdin: &[u8]) -> Vec<u8> {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child = spawn(&mut cmd);
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    assert!(out.status.success(), "{cmd:?} failed: {:?}", out.status);
+pub fn run_cmd_raw(cmd: Command, stdin: &[u8]) -> Vec<u8> {
+    let what = format!("{cmd:?}");
+    let out = communicate(cmd, stdin, Stdio::inherit());
+    assert!(out.status.success(), "{what} failed: {:?}", out.status);
     out.stdout
 }
 
