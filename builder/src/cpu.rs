@@ -147,3 +147,57 @@ pub fn tunables(existing: Option<&str>, hwcaps: &str) -> String {
         _ => ours,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunables_merge_with_the_callers() {
+        assert_eq!(tunables(None, "-AVX2"), "glibc.cpu.hwcaps=-AVX2");
+        assert_eq!(tunables(Some(""), "-AVX2"), "glibc.cpu.hwcaps=-AVX2");
+        assert_eq!(
+            tunables(Some("glibc.malloc.check=3"), "-AVX2"),
+            "glibc.malloc.check=3:glibc.cpu.hwcaps=-AVX2"
+        );
+        // The caller's own hwcaps setting comes last, so it wins.
+        assert_eq!(
+            tunables(Some("glibc.cpu.hwcaps=-SSE4_2"), "-AVX2"),
+            "glibc.cpu.hwcaps=-AVX2:glibc.cpu.hwcaps=-SSE4_2"
+        );
+    }
+
+    #[test]
+    fn baseline_masks_everything_this_cpu_has_above_it() {
+        let host = host();
+        let p = plan(Level::Baseline, Arch::X86_64).unwrap();
+        assert_eq!(p.needs, CMOV | SSE2);
+        let masked = p.hwcaps.unwrap_or_default();
+        for (bit, name) in MASKABLE {
+            if bit == SSE2 {
+                continue;
+            }
+            assert_eq!(
+                host & bit != 0,
+                masked.split(',').any(|m| m == format!("-{name}")),
+                "{name}"
+            );
+        }
+        if host & AVX2 != 0 {
+            assert!(masked.contains("-AVX_Fast_Unaligned_Load"));
+        }
+    }
+
+    #[test]
+    fn native_masks_nothing_and_needs_what_the_cpu_has() {
+        let p = plan(Level::Native, Arch::X86_64).unwrap();
+        assert!(p.hwcaps.is_none());
+        assert_eq!(p.needs & !host(), 0);
+    }
+
+    #[test]
+    fn names_in_bit_order() {
+        assert_eq!(names(AVX2 | SSE3), "SSE3, AVX2");
+        assert_eq!(names(0), "");
+    }
+}

@@ -172,3 +172,51 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
     image.fixups = found;
     Ok(notes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A capture-time stack: argc 2, two arguments, one environment string, auxv with
+    /// AT_RANDOM and AT_PLATFORM.
+    fn stack() -> StackInfo {
+        StackInfo {
+            lo: 0x7000,
+            hi: 0x9000,
+            sp: 0x8000,
+            argv: vec![(0x8800, 4), (0x8805, 3)],
+            envp: vec![(0x8810, b"HOME=/root".to_vec())],
+            auxv_addr: 0x8028,
+            auxv: vec![(25, 0x8900), (15, 0x8920), (0, 0)],
+        }
+    }
+
+    #[test]
+    fn classifies_what_ld_so_keeps() {
+        let st = stack();
+        let c = |v| classify(&st, 8, v, 0x100).unwrap();
+        assert_eq!((c(0x8000).kind, c(0x8000).offset), (k::STACK_ARGC, 0));
+        assert_eq!((c(0x8008).kind, c(0x8008).offset), (k::ARGV_ARRAY, 0));
+        assert_eq!((c(0x8010).kind, c(0x8010).offset), (k::ARGV_ARRAY, 8));
+        assert_eq!((c(0x8020).kind, c(0x8020).offset), (k::ENVP_ARRAY, 0));
+        assert_eq!((c(0x8028).kind, c(0x8028).offset), (k::AUXV_ARRAY, 0));
+        assert_eq!((c(0x8805).kind, c(0x8805).arg), (k::ARGV_STRING, 1));
+        let env = c(0x8815);
+        assert_eq!((env.kind, env.offset), (k::ENV_STRING, 5));
+        assert_eq!(env.string.as_deref(), Some(&b"HOME=/root\0"[..]));
+        assert_eq!(
+            (c(0x8903).kind, c(0x8903).arg, c(0x8903).offset),
+            (k::AUX_POINTER, 25, 3)
+        );
+        assert_eq!((c(0x8920).kind, c(0x8920).arg), (k::AUX_POINTER, 15));
+    }
+
+    #[test]
+    fn leaves_values_that_merely_fall_in_the_range() {
+        let st = stack();
+        // Misaligned inside an array, inside a string but not at its start or value.
+        for v in [0x8009, 0x8802, 0x8812, 0x7100] {
+            assert!(classify(&st, 8, v, 0x100).is_err(), "{v:#x}");
+        }
+    }
+}

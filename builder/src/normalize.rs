@@ -68,3 +68,87 @@ pub fn zero_differences(a: &mut Image, b: &Image) -> Result<Vec<u64>> {
     }
     Ok(diffs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{Data, Region};
+    use crate::program::Arch;
+
+    fn image(bytes: Vec<u8>) -> Image {
+        Image {
+            arch: Arch::X86_64,
+            regions: vec![Region {
+                start: 0x1000,
+                end: 0x1000 + bytes.len() as u64,
+                prot: 3,
+                origin: String::new(),
+                file_offset: 0,
+                data: Some(Data::Owned(bytes)),
+            }],
+            resume_pc: 0,
+            resume_kind: 0,
+            resume_dx: 0,
+            user_entry: 0,
+            at_phdr: 0,
+            at_phnum: 0,
+            at_phent: 0,
+            at_base: 0,
+            tls: Default::default(),
+            regs: Default::default(),
+            mm: Default::default(),
+            enable_secure: 0,
+            fixups: vec![],
+            vdso: None,
+            stack_flags: 6,
+            objects: vec![],
+            cpu_needs: 0,
+            cpu_level: String::new(),
+        }
+    }
+
+    #[test]
+    fn zeroes_exactly_the_words_that_differ() {
+        let mut a = image(
+            [1u64, 2, 3, 4]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect(),
+        );
+        let b = image(
+            [1u64, 9, 3, 8]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect(),
+        );
+        let diffs = zero_differences(&mut a, &b).unwrap();
+        assert_eq!(diffs, vec![0x1008, 0x1018]);
+        let d = a.regions[0].data.as_deref().unwrap();
+        let words: Vec<u64> = d
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(words, vec![1, 0, 3, 0]);
+    }
+
+    #[test]
+    fn refuses_different_layouts() {
+        let mut a = image(vec![0; 16]);
+        let b = image(vec![0; 32]);
+        assert!(zero_differences(&mut a, &b).is_err());
+    }
+
+    #[test]
+    fn resets_tid_and_rseq_cpu() {
+        let mut a = image(vec![0xaa; 64]);
+        a.regs.tid_address = 0x1000;
+        a.regs.rseq_area = 0x1010;
+        a.regs.rseq_len = 32;
+        reset_thread_state(&mut a);
+        let d = a.regions[0].data.as_deref().unwrap();
+        assert_eq!(&d[0..4], &[0, 0, 0, 0]);
+        assert_eq!(&d[0x10..0x14], &[0, 0, 0, 0]);
+        assert_eq!(&d[0x14..0x18], &[0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(&d[4..8], &[0xaa; 4]);
+    }
+}

@@ -386,3 +386,47 @@ fn stop_at_entry_fallback_runs_the_program() {
         }
     }
 }
+
+#[test]
+fn env_and_unset_env_apply_to_the_capture_only() {
+    // LD_LIBRARY_PATH from --env finds the library at capture; --unset-env removes a
+    // variable the caller has (here: the one that would find it).
+    let d = scratch();
+    let out = d.path().join("p");
+    let libdir = fixture("lib-x86_64");
+    let st = Command::new(elfpack())
+        .args(["build", "-q", "-o"])
+        .arg(&out)
+        .arg(fixture("needlib-x86_64"))
+        .arg(format!("--env=LD_LIBRARY_PATH={}", libdir.display()))
+        .env_remove("LD_LIBRARY_PATH")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(run_cmd_raw(Command::new(&out), b""), b"needed_value=1234\n");
+    let o = Command::new(elfpack())
+        .args(["build", "-q", "-o"])
+        .arg(&out)
+        .arg(fixture("needlib-x86_64"))
+        .args(["--unset-env", "LD_LIBRARY_PATH"])
+        .env("LD_LIBRARY_PATH", &libdir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The packed program's environment is its own run's, not the capture's.
+    let packed = packed(
+        &fixture("fixture-x86_64-pie"),
+        &["--env=ELFPACK_TEST_VAR=from-capture"],
+    );
+    let r = Placed::new(&packed, Mode::Native, Arch::X86_64).run(&["args"], b"", None);
+    assert!(
+        r.stdout.contains("getenv=value with spaces"),
+        "{}",
+        r.stdout
+    );
+}
