@@ -1,6 +1,8 @@
 //! CPU levels: `--cpu` really changes glibc's IFUNC choices, default packs run on older
 //! CPU models, and a pack for a higher level refuses to start with a clear message.
 use elfpack_tests::*;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
 fn host_has_avx2() -> bool {
@@ -111,5 +113,29 @@ fn level_above_this_machine_is_refused_at_pack_time() {
     } else {
         assert_eq!(r.status.code(), Some(3));
         assert!(String::from_utf8_lossy(&r.stderr).contains("this machine lacks"));
+    }
+}
+
+#[test]
+fn real_programs_packed_by_default_run_on_a_nehalem() {
+    let qemu = require("qemu-x86_64");
+    let cases: [(&str, &[&str], &[u8]); 3] = [
+        ("/usr/bin/sort", &["-r"], b"b\nc\na\n"),
+        ("/usr/bin/sha256sum", &[], b"some bytes to hash\n"),
+        ("/usr/bin/python3", &["-c", "import hashlib, json; print(json.dumps(sorted({3, 1, 2})), hashlib.md5(b'x').hexdigest())"], b""),
+    ];
+    for (prog, args, stdin) in cases {
+        let packed = packed(Path::new(prog), &[]);
+        let mut cmd = Command::new(&qemu);
+        cmd.args(["-cpu", "Nehalem", "-0", "prog"])
+            .arg(&packed)
+            .args(args)
+            .env_clear()
+            .envs(test_env());
+        let p = run_cmd(cmd, stdin);
+        let mut o = Command::new(prog);
+        o.arg0("prog").args(args).env_clear().envs(test_env());
+        let o = run_cmd(o, stdin);
+        assert_same(&format!("{prog} under qemu -cpu Nehalem"), &p, &o);
     }
 }
