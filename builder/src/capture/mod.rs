@@ -195,42 +195,56 @@ fn read_stack(mem: &Memory, sp: u64, word: usize, maps: &[Mapping]) -> Result<St
         .iter()
         .find(|m| m.start <= sp && sp < m.end)
         .ok_or_else(|| capture_err!("stack pointer {sp:#x} is outside every mapping"))?;
+    // Everything from the stack pointer up is the kernel's vector and string area: one read.
+    let bytes = mem.read(sp, (stack.end - sp) as usize)?;
     let w = word as u64;
-    let argc = mem.read_word(sp, word)?;
+    let at = |addr: u64| -> Result<usize> {
+        addr.checked_sub(sp)
+            .map(|o| o as usize)
+            .filter(|&o| o < bytes.len())
+            .ok_or_else(|| capture_err!("initial stack pointer {addr:#x} outside the stack"))
+    };
+    let word_at = |addr: u64| -> Result<u64> {
+        let o = at(addr)?;
+        let b = bytes
+            .get(o..o + word)
+            .ok_or_else(|| capture_err!("initial stack truncated"))?;
+        let mut v = [0u8; 8];
+        v[..word].copy_from_slice(b);
+        Ok(u64::from_le_bytes(v))
+    };
+    let string_at = |addr: u64| -> Result<&[u8]> {
+        let o = at(addr)?;
+        let n = bytes[o..]
+            .iter()
+            .position(|&c| c == 0)
+            .ok_or_else(|| capture_err!("unterminated string on the initial stack"))?;
+        Ok(&bytes[o..o + n])
+    };
     let mut info = StackInfo {
         lo: stack.start,
         hi: stack.end,
         sp,
         ..Default::default()
     };
-    let strlen = |p: u64| -> Result<usize> {
-        let mut n = 0usize;
-        loop {
-            let chunk = mem.read(p + n as u64, 1)?;
-            if chunk[0] == 0 {
-                return Ok(n);
-            }
-            n += 1;
-        }
-    };
+    let argc = word_at(sp)?;
     for i in 0..argc {
-        let p = mem.read_word(sp + w * (1 + i), word)?;
-        info.argv.push((p, strlen(p)?));
+        let p = word_at(sp + w * (1 + i))?;
+        info.argv.push((p, string_at(p)?.len()));
     }
     let mut a = sp + w * (argc + 2);
     loop {
-        let p = mem.read_word(a, word)?;
+        let p = word_at(a)?;
         a += w;
         if p == 0 {
             break;
         }
-        let n = strlen(p)?;
-        info.envp.push((p, mem.read(p, n)?));
+        info.envp.push((p, string_at(p)?.to_vec()));
     }
     info.auxv_addr = a;
     loop {
-        let tag = mem.read_word(a, word)?;
-        let val = mem.read_word(a + w, word)?;
+        let tag = word_at(a)?;
+        let val = word_at(a + w)?;
         info.auxv.push((tag, val));
         a += 2 * w;
         if tag == 0 {

@@ -84,13 +84,6 @@ impl Memory {
             .map_err(|e| capture_err!("cannot write tracee memory at {addr:#x}: {e}"))
     }
 
-    pub fn read_word(&self, addr: u64, word: usize) -> Result<u64> {
-        let b = self.read(addr, word)?;
-        let mut w = [0u8; 8];
-        w[..word].copy_from_slice(&b);
-        Ok(u64::from_le_bytes(w))
-    }
-
     pub fn write_word(&self, addr: u64, word: usize, value: u64) -> Result<()> {
         self.write(addr, &value.to_le_bytes()[..word])
     }
