@@ -65,11 +65,15 @@ impl LiveVdso {
             if sym.st_shndx == 0 || sym.st_value == 0 {
                 continue;
             }
+            // SAFETY: st_name is an offset into the vDSO's string table.
             let s = unsafe { self.strtab.add(sym.st_name as usize) };
             if name
                 .iter()
                 .enumerate()
+                // SAFETY: the comparison stops at the first differing byte, so it never
+                // reads past the NUL that ends the symbol's name in the string table.
                 .all(|(k, &c)| unsafe { *s.add(k) } == c)
+                // SAFETY: all of `name` matched, so this is at most the terminating NUL.
                 && unsafe { *s.add(name.len()) } == 0
             {
                 return Some(sym.st_value.wrapping_add(self.bias));

@@ -318,7 +318,7 @@ pub fn run(cfg: &Config) -> String {
     let fx = fixture("fixture-x86_64-pie");
     let fxn = dir.path().join("fx-native");
     pack(&fx, &fxn, &["--cpu", "native"]);
-    let reps = cfg.runs.clamp(3, 7);
+    let reps = cfg.runs.clamp(3, 15);
     let mut rows = String::new();
     for (name, args) in [
         (

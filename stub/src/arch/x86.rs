@@ -179,7 +179,10 @@ vdso_fallback!(fallback_time, g::__NR_time);
 vdso_fallback!(fallback_clock_getres, g::__NR_clock_getres);
 vdso_fallback!(fallback_clock_getres_time64, g::__NR_clock_getres_time64);
 
-/// `__vdso_getcpu(cpu, node, cache)`: three stack arguments.
+/// `__vdso_getcpu(cpu, node, cache)`.
+///
+/// ABI: cdecl, three stack arguments, passed to getcpu(2) in ebx, ecx, edx (linux
+/// `arch/x86/entry/entry_32.S`); ebx is callee-saved.
 #[unsafe(naked)]
 pub unsafe extern "C" fn fallback_getcpu() {
     naked_asm!(
@@ -195,25 +198,38 @@ pub unsafe extern "C" fn fallback_getcpu() {
     );
 }
 
-/// `__kernel_vsyscall`: the caller has loaded the system call registers already
-/// (glibc `sysdeps/unix/sysv/linux/i386/sysdep.h`, `ENTER_KERNEL`).
+/// `__kernel_vsyscall`.
+///
+/// ABI: the caller has loaded the system-call registers already and expects the result in
+/// eax (glibc `sysdeps/unix/sysv/linux/i386/sysdep.h`, `ENTER_KERNEL`); `int $0x80` with
+/// the same registers is the kernel's own fallback (linux
+/// `arch/x86/entry/vdso/vdso32/system_call.S`).
 #[unsafe(naked)]
 pub unsafe extern "C" fn fallback_vsyscall() {
     naked_asm!("int 0x80", "ret");
 }
 
-/// `__kernel_sigreturn` (the frame's first word is popped, as the vDSO version does).
+/// `__kernel_sigreturn`.
+///
+/// ABI: entered by `ret` from a signal handler with the old-style frame on the stack; the
+/// vDSO version pops the signal number first (linux `arch/x86/entry/vdso/vdso32/sigreturn.S`).
 #[unsafe(naked)]
 pub unsafe extern "C" fn fallback_sigreturn() {
     naked_asm!("pop eax", "mov eax, {nr}", "int 0x80", nr = const g::__NR_sigreturn);
 }
 
+/// `__kernel_rt_sigreturn`.
+///
+/// ABI: as `__kernel_rt_sigreturn` in linux `arch/x86/entry/vdso/vdso32/sigreturn.S`.
 #[unsafe(naked)]
 pub unsafe extern "C" fn fallback_rt_sigreturn() {
     naked_asm!("mov eax, {nr}", "int 0x80", nr = const g::__NR_rt_sigreturn);
 }
 
 /// For functions whose arguments differ from the system call's: ENOSYS.
+///
+/// ABI: cdecl, result in eax; callers of vDSO functions treat -ENOSYS as "use the system
+/// call".
 #[unsafe(naked)]
 pub unsafe extern "C" fn fallback_enosys() {
     naked_asm!("mov eax, -38", "ret");

@@ -146,6 +146,8 @@ vdso_fallback!(
 
 /// Fallback for `__vdso_getrandom`, whose arguments are not those of the system call:
 /// report ENOSYS, which callers of the vDSO function handle by using the system call.
+///
+/// ABI: SysV x86-64, result in rax.
 #[unsafe(naked)]
 pub unsafe extern "C" fn fallback_enosys() {
     naked_asm!("mov rax, -38", "ret");
