@@ -137,6 +137,30 @@ fn main() {
     }
 }
 
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT until dropped.
+struct DeferSignals(Option<nix::sys::signal::SigSet>);
+
+impl DeferSignals {
+    fn new() -> DeferSignals {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+            set.add(s);
+        }
+        let mut old = SigSet::empty();
+        let ok = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).is_ok();
+        DeferSignals(ok.then_some(old))
+    }
+}
+
+impl Drop for DeferSignals {
+    fn drop(&mut self) {
+        if let Some(old) = self.0.take() {
+            let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&old), None);
+        }
+    }
+}
+
 fn capture_env(
     a: &BuildArgs,
     hwcaps: Option<&str>,
@@ -298,6 +322,10 @@ fn build(a: &BuildArgs) -> Result<()> {
     let symbols_time = t_symbols.elapsed();
     let nsyms = symbols.len() as u64;
     let t_write = Instant::now();
+    // From here to the rename, Ctrl-C and friends wait: an interrupted write would leave
+    // the temporary file behind. They are delivered once OUTPUT is complete (or the error
+    // is reported, and the temporary file removed).
+    let deferred = DeferSignals::new();
     let tmp = tempfile::Builder::new()
         .prefix(".elfpack-")
         .tempfile_in(&dir)
@@ -312,6 +340,7 @@ fn build(a: &BuildArgs) -> Result<()> {
         .map_err(|e| other!("{}: {}", a.output.display(), program::io_reason(&e)))?;
     tmp.persist(&a.output)
         .map_err(|e| other!("{}: {}", a.output.display(), program::io_reason(&e.error)))?;
+    drop(deferred);
     if !a.quiet {
         for w in warnings
             .iter()

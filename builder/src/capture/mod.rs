@@ -21,7 +21,7 @@ use procfs::{Mapping, Memory};
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracee::{Stop, Tracee};
 
 /// The bytes that replace AT_RANDOM during capture. ld.so derives the stack-protector
@@ -161,26 +161,22 @@ pub fn capture(prog: &Program, opts: &Options) -> Result<Captured> {
     let mem = Memory::open(pid)?;
 
     // A watchdog kills the tracee when the timeout expires; the wait below then returns.
-    let done = Arc::new(AtomicBool::new(false));
+    // It ends as soon as the capture does (its channel closes) and is joined, so no thread
+    // of elfpack outlives the capture.
     let fired = Arc::new(AtomicBool::new(false));
-    {
-        let (done, fired, timeout) = (done.clone(), fired.clone(), opts.timeout);
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let watchdog = {
+        let (fired, timeout) = (fired.clone(), opts.timeout);
         std::thread::spawn(move || {
-            let start = Instant::now();
-            while start.elapsed() < timeout {
-                if done.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if !done.load(Ordering::Relaxed) {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(timeout) {
                 fired.store(true, Ordering::Relaxed);
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             }
-        });
-    }
+        })
+    };
     let result = run(&mut t, prog, &mem, word, opts.at_entry, opts.skip_code);
-    done.store(true, Ordering::Relaxed);
+    drop(stop);
+    let _ = watchdog.join();
     if fired.load(Ordering::Relaxed) {
         return Err(capture_err!(
             "capture timed out after {:?} (the program never reached the end of dynamic loading)",
