@@ -144,11 +144,18 @@ impl DeferSignals {
     fn new() -> DeferSignals {
         use nix::sys::signal::{SigSet, SigmaskHow, Signal};
         let mut set = SigSet::empty();
-        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        for s in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
             set.add(s);
         }
         let mut old = SigSet::empty();
-        let ok = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).is_ok();
+        let ok =
+            nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
+                .is_ok();
         DeferSignals(ok.then_some(old))
     }
 }
@@ -156,7 +163,11 @@ impl DeferSignals {
 impl Drop for DeferSignals {
     fn drop(&mut self) {
         if let Some(old) = self.0.take() {
-            let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&old), None);
+            let _ = nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&old),
+                None,
+            );
         }
     }
 }

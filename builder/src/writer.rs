@@ -305,7 +305,9 @@ pub fn write(
     blob.bytes.extend_from_slice(&strings);
     blob.bytes.resize(blob_len_final as usize, 0);
     if stub.desc_offset + blob_len_final > total && arch == Arch::I386 {
-        return Err(other!("descriptor larger than estimated"));
+        return Err(other!(
+            "internal error: the descriptor outgrew the room reserved below the image"
+        ));
     }
     let d = Descriptor {
         magic: abi::MAGIC,

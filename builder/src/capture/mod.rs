@@ -693,8 +693,7 @@ fn run(
         start_brk = bss_end;
         brk = bss_end;
     }
-    let (start_code, end_code, start_data, end_data) =
-        program_ranges(prog, at_phdr, &maps, &exe_path);
+    let (start_code, end_code, start_data, end_data) = program_ranges(prog, &maps, &exe_path);
     let enable_secure = crate::symbols::lookup_dynsym(&interp_path, "__libc_enable_secure")
         .map(|v| v + ldso_base)
         .unwrap_or(0);
@@ -748,12 +747,7 @@ fn mask(word: usize) -> u64 {
 
 /// start_code/end_code/start_data/end_data as the kernel computed them for the original
 /// program (linux `fs/binfmt_elf.c`, `load_elf_binary`), from its PT_LOADs and load bias.
-fn program_ranges(
-    prog: &Program,
-    at_phdr: u64,
-    maps: &[Mapping],
-    exe_path: &str,
-) -> (u64, u64, u64, u64) {
+fn program_ranges(prog: &Program, maps: &[Mapping], exe_path: &str) -> (u64, u64, u64, u64) {
     let lowest = maps
         .iter()
         .filter(|m| m.path == exe_path)
@@ -762,7 +756,6 @@ fn program_ranges(
         .unwrap_or(0);
     let first_vaddr = prog.loads.iter().map(|l| l.0).min().unwrap_or(0) & !0xfff;
     let bias = if prog.pie { lowest - first_vaddr } else { 0 };
-    let _ = at_phdr;
     let (mut sc, mut ec, mut sd, mut ed) = (u64::MAX, 0, 0, 0);
     for &(vaddr, _memsz, filesz, flags) in &prog.loads {
         let k = vaddr + bias;
