@@ -60,7 +60,8 @@ pub struct MmLayout {
     pub end_code: u64,
     pub start_data: u64,
     pub end_data: u64,
-    /// The program break as it was at capture.
+    /// The program break as it was at capture, when the image holds a heap; zero when the
+    /// program keeps each run's own (randomised) break.
     pub start_brk: u64,
     pub brk: u64,
 }

@@ -38,8 +38,8 @@ pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
     // 2. The initial stack for `_dl_start_user`: this run's argv and envp, the auxv
     //    entries that describe the program set to the original program's values.
     stack::describe_program(&mut st, d);
-    // 3. Restore the program break (7. and publish this run's argument and environment
-    //    ranges: both are fields of the one prctl_mm_map).
+    // 3. The program break: this run's, or the captured heap's end (7. and publish this
+    //    run's argument and environment ranges: both are fields of the one prctl_mm_map).
     mm::restore_brk_and_ranges(d, &st);
     // 4. Point the image's vDSO functions at this kernel's vDSO, or at system calls.
     vdso::connect(d, &st);

@@ -2,14 +2,16 @@
 //!
 //! `prctl(PR_SET_MM, PR_SET_MM_MAP)` sets all of the mm's layout fields in one call and
 //! needs no privilege when it does not change the exe file (linux `kernel/sys.c`,
-//! `prctl_set_mm_map`, `validate_prctl_map_addr`). It puts the break back where it was at
-//! capture, so that the heap continues where the image expects it, and it publishes this
-//! run's argument and environment ranges and auxv (the kernel's own strings, which the
-//! restored stack keeps using) for `/proc/self/cmdline`, `/proc/self/environ`, `ps` and
-//! `/proc/self/auxv`. Where it fails (qemu-user, kernels without
-//! CONFIG_CHECKPOINT_RESTORE), the kernel's break stays: libc has not read the break before
-//! the snapshot point (its `__curbrk` is still NULL there; glibc `misc/sbrk.c`), so malloc
-//! simply starts its heap at this run's break.
+//! `prctl_set_mm_map`, `validate_prctl_map_addr`). It publishes this run's argument and
+//! environment ranges and auxv (the kernel's own strings, which the restored stack keeps
+//! using) for `/proc/self/cmdline`, `/proc/self/environ`, `ps` and `/proc/self/auxv`.
+//!
+//! The break: normally nothing used the heap before the snapshot (libc's `__curbrk` is
+//! still NULL; glibc `misc/sbrk.c`), so the program keeps the break the kernel gave this
+//! run, randomised as for any program, and malloc starts its heap there. When the image
+//! holds a heap (captured at the entry point, after initializers ran), the break is put
+//! back at its end. Where the prctl fails (qemu-user, kernels without
+//! CONFIG_CHECKPOINT_RESTORE), the kernel's break stays.
 use crate::{stack::InitialStack, sys};
 use elfpack_stub::abi::Descriptor;
 
@@ -38,13 +40,20 @@ const _: () = assert!(core::mem::size_of::<MmMap>() == 104);
 /// Steps 3 and 7 in one system call. Returns whether the kernel took the map.
 pub fn restore_brk_and_ranges(d: &Descriptor, st: &InitialStack) -> bool {
     let (arg_start, arg_end, env_start, env_end) = st.strings_end();
+    let (start_brk, brk) = if d.mm.brk != 0 {
+        (d.mm.start_brk, d.mm.brk)
+    } else {
+        // SAFETY: brk(0) only reports the current break (linux `mm/mmap.c`, `brk`).
+        let now = unsafe { crate::arch::syscall6(linux_raw_sys::general::__NR_brk, [0; 6]) } as u64;
+        (now, now)
+    };
     let map = MmMap {
         start_code: d.mm.start_code,
         end_code: d.mm.end_code,
         start_data: d.mm.start_data,
         end_data: d.mm.end_data,
-        start_brk: d.mm.start_brk,
-        brk: d.mm.brk,
+        start_brk,
+        brk,
         start_stack: st.sp as u64,
         arg_start: arg_start as u64,
         arg_end: arg_end as u64,

@@ -73,6 +73,16 @@ fn check_c(arch: Arch, pie: &str, mode: Mode) {
         p.stdout, "cpu=1 getcpu=0:1\n",
         "{mode:?}: sched_getcpu under taskset -c 1"
     );
+    // The heap is randomised like the original's (natively, with ASLR).
+    if mode == Mode::Native {
+        let a = placed.run(&["brkaddr"], b"", None).stdout;
+        let b = placed.run(&["brkaddr"], b"", None).stdout;
+        let c = placed.run(&["brkaddr"], b"", None).stdout;
+        assert!(
+            a != b || b != c,
+            "{mode:?}: the heap starts at the same address every run: {a}"
+        );
+    }
     // A fresh canary and fresh AT_RANDOM bytes at every run, the canary derived from them
     // as glibc does (first word, lowest byte cleared).
     let a = placed.run(&["canary"], b"", None);

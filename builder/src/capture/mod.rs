@@ -670,29 +670,18 @@ fn run(
             tls
         }
     };
-    let mut start_brk = procfs::start_brk(pid)?;
-    let mut brk = rec.brk.unwrap_or(start_brk).max(start_brk);
-    let exe_end = maps
-        .iter()
-        .filter(|m| m.path == exe_path)
-        .map(|m| m.end)
-        .max()
-        .unwrap_or(0);
-    let heap_used = maps.iter().any(|m| m.path == "[heap]");
-    if !heap_used && !(exe_end..exe_end + steer.heap_room).contains(&start_brk) {
-        // The program was moved and its heap is still empty: the break follows the
-        // program, as the kernel would have put it (linux `fs/binfmt_elf.c`).
-        let bss_end = maps
-            .iter()
-            .filter(|m| {
-                m.start >= exe_end && maps.iter().any(|e| e.path == exe_path && e.end == m.start)
-            })
-            .map(|m| m.end)
-            .max()
-            .unwrap_or(exe_end);
-        start_brk = bss_end;
-        brk = bss_end;
-    }
+    // The program break. While nothing has used the heap (the normal case: ld.so allocates
+    // with mmap, and libc's `__curbrk` is still NULL, glibc `misc/sbrk.c`), the packed
+    // program keeps the break the kernel gives each run, randomised as usual: zero here
+    // says so to the stub. A heap that was used before the snapshot (--stop-at-entry) is
+    // part of the image, and the stub puts the break back at its end.
+    let start_brk = procfs::start_brk(pid)?;
+    let brk = rec.brk.unwrap_or(start_brk).max(start_brk);
+    let (start_brk, brk) = if brk > start_brk {
+        (start_brk, brk)
+    } else {
+        (0, 0)
+    };
     let (start_code, end_code, start_data, end_data) = program_ranges(prog, &maps, &exe_path);
     let enable_secure = crate::symbols::lookup_dynsym(&interp_path, "__libc_enable_secure")
         .map(|v| v + ldso_base)
