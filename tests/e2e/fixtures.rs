@@ -73,6 +73,27 @@ fn check_c(arch: Arch, pie: &str, mode: Mode) {
         p.stdout, "cpu=1 getcpu=0:1\n",
         "{mode:?}: sched_getcpu under taskset -c 1"
     );
+    // The kernel registrations replayed by the stub are live: the rseq area is kept up to
+    // date, and the robust list lets a waiter see EOWNERDEAD when the holder's main thread
+    // exits. (qemu-user implements neither; the empty root has no /proc/self/exe.)
+    if mode != Mode::Qemu && mode != Mode::Chroot {
+        for case in ["rseq", "robust"] {
+            let p = placed.run(&[case], b"", None);
+            let o = run_original(&orig, placed.argv0(), &[case], b"", None);
+            assert_same(
+                &format!("{} {pie} {mode:?} case {case}", arch.name()),
+                &p,
+                &o,
+            );
+        }
+        let r = placed.run(&["robust"], b"", None).stdout;
+        assert_eq!(r, "child=0 lock=EOWNERDEAD\n", "{mode:?}");
+        assert_eq!(
+            placed.run(&["rseq"], b"", None).stdout,
+            "rseq registered=yes\n",
+            "{mode:?}"
+        );
+    }
     // The heap is randomised like the original's (natively, with ASLR).
     if mode == Mode::Native {
         let a = placed.run(&["brkaddr"], b"", None).stdout;
