@@ -430,3 +430,33 @@ fn env_and_unset_env_apply_to_the_capture_only() {
         r.stdout
     );
 }
+
+#[test]
+fn setuid_packed_file_runs_in_secure_mode() {
+    // A packed file made setuid root, run by uid 65534: the kernel sets AT_SECURE, and the
+    // stub sets ld.so's __libc_enable_secure from it, so libc hides the environment from
+    // secure_getenv() exactly as for a setuid original.
+    let setpriv = require("setpriv");
+    let d = scratch();
+    let orig = d.path().join("orig");
+    std::fs::copy(fixture("fixture-x86_64-pie"), &orig).unwrap();
+    let packed = d.path().join("packed");
+    std::fs::copy(self::packed(&fixture("fixture-x86_64-pie"), &[]), &packed).unwrap();
+    let run = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let o = Command::new(&setpriv)
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(p)
+            .arg("secure")
+            .env("HOME", "/root")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(run(&packed, 0o4755), run(&orig, 0o4755));
+    assert_eq!(
+        run(&packed, 0o4755),
+        "AT_SECURE=1 secure_getenv(HOME)=hidden\n"
+    );
+    assert_eq!(run(&packed, 0o755), "AT_SECURE=0 secure_getenv(HOME)=set\n");
+}
