@@ -13,8 +13,7 @@ fn build(input: &Path, output: &Path, extra: &[&str]) -> (Option<i32>, String) {
         .arg("-o")
         .arg(output)
         .args(extra)
-        .output()
-        .unwrap();
+        .output_t();
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -77,25 +76,66 @@ fn output_is_a_static_exec_without_interpreter() {
         2,
         "e_type is not ET_EXEC"
     );
-    let file = Command::new("file").arg(&out).output();
-    if let Ok(f) = file {
-        let s = String::from_utf8_lossy(&f.stdout);
-        assert!(s.contains("statically linked"), "file(1) says: {s}");
-    }
-    let readelf = Command::new("readelf")
-        .arg("-lW")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let f = Command::new(require("file")).arg(&out).output_t();
+    let s = String::from_utf8_lossy(&f.stdout);
+    assert!(s.contains("statically linked"), "file(1) says: {s}");
+    let readelf = Command::new("readelf").arg("-lW").arg(&out).output_t();
     let text = String::from_utf8_lossy(&readelf.stdout);
     assert!(!text.contains("INTERP"), "{text}");
     assert!(text.contains("GNU_STACK"), "{text}");
-    // Every file-backed segment is page-aligned in the file (mapped, never copied).
-    for line in text.lines().filter(|l| l.trim_start().starts_with("LOAD")) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let off = u64::from_str_radix(f[1].trim_start_matches("0x"), 16).unwrap();
-        let va = u64::from_str_radix(f[2].trim_start_matches("0x"), 16).unwrap();
-        assert_eq!(off % 4096, va % 4096, "{line}");
+    // Every stored page is mapped from the file at its own offset (never copied), as the
+    // running program's /proc/self/maps shows.
+    for arch in [Arch::X86_64, Arch::I386] {
+        let packed = packed(&fixture(&format!("fixture-{}-pie", arch.name())), &[]);
+        let placed = Placed::new(&packed, Mode::Native, arch);
+        let maps = placed.run(&["maps"], b"", None);
+        assert_eq!(maps.code, Some(0), "{}", maps.stderr);
+        let file = placed.self_path();
+        let bytes = std::fs::read(&packed).unwrap();
+        let elf = goblin::elf::Elf::parse(&bytes).unwrap();
+        let mut checked = 0;
+        for ph in elf
+            .program_headers
+            .iter()
+            .filter(|p| p.p_type == 1 && p.p_filesz > 0)
+        {
+            let start = ph.p_vaddr & !4095;
+            let end = (ph.p_vaddr + ph.p_filesz + 4095) & !4095;
+            let file_off = ph.p_offset & !4095;
+            let mut covered = 0;
+            for line in maps.stdout.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (lo, hi) = f[0].split_once('-').unwrap();
+                let lo = u64::from_str_radix(lo, 16).unwrap();
+                let hi = u64::from_str_radix(hi, 16).unwrap();
+                if hi <= start || lo >= end {
+                    continue;
+                }
+                let from = lo.max(start);
+                let off = u64::from_str_radix(f[2], 16).unwrap() + (from - lo);
+                assert!(
+                    f.len() == 6 && f[5] == file && off == file_off + (from - start),
+                    "{}: segment at {:#x} (file offset {:#x}) is not mapped from the file: {line}",
+                    arch.name(),
+                    ph.p_vaddr,
+                    ph.p_offset
+                );
+                covered += hi.min(end) - from;
+            }
+            assert_eq!(
+                covered,
+                end - start,
+                "{}: segment at {:#x} not fully mapped",
+                arch.name(),
+                ph.p_vaddr
+            );
+            checked += 1;
+        }
+        assert!(
+            checked > 5,
+            "{}: only {checked} stored segments",
+            arch.name()
+        );
     }
 }
 
@@ -106,8 +146,7 @@ fn program_found_in_path_like_a_shell() {
     let st = Command::new(elfpack())
         .args(["build", "sort", "-q", "-o"])
         .arg(&out)
-        .status()
-        .unwrap();
+        .status_t();
     assert!(st.success());
     let r = run_cmd_raw(Command::new(&out), b"b\na\n");
     assert_eq!(r, b"a\nb\n");
@@ -218,8 +257,7 @@ fn unwritable_output_directory() {
         .arg(fixture("fixture-x86_64-pie"))
         .arg("-o")
         .arg(&out)
-        .output()
-        .unwrap();
+        .output_t();
     assert_eq!(
         st.status.code(),
         Some(3),
@@ -240,8 +278,7 @@ fn missing_library_shows_the_loader_message() {
         .arg("-o")
         .arg(&out)
         .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .unwrap();
+        .output_t();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(4), "{err}");
     assert!(
@@ -259,8 +296,7 @@ fn missing_library_shows_the_loader_message() {
         .arg("-o")
         .arg(&out)
         .env("LD_LIBRARY_PATH", &libdir)
-        .output()
-        .unwrap();
+        .output_t();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r = run_cmd_raw(Command::new(&out), b"");
     assert_eq!(String::from_utf8_lossy(&r), "needed_value=1234\n");
@@ -268,17 +304,11 @@ fn missing_library_shows_the_loader_message() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let o = Command::new(elfpack()).args(["build"]).output().unwrap();
+    let o = Command::new(elfpack()).args(["build"]).output_t();
     assert_eq!(o.status.code(), Some(2));
-    let o = Command::new(elfpack())
-        .args(["frobnicate"])
-        .output()
-        .unwrap();
+    let o = Command::new(elfpack()).args(["frobnicate"]).output_t();
     assert_eq!(o.status.code(), Some(2));
-    let o = Command::new(elfpack())
-        .args(["--version"])
-        .output()
-        .unwrap();
+    let o = Command::new(elfpack()).args(["--version"]).output_t();
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("elfpack "));
 }
 
@@ -312,17 +342,17 @@ fn capture_timeout_kills_the_program() {
     let d = scratch();
     let out = d.path().join("out");
     let audit = format!("--env=LD_AUDIT={}", fixture("slow_audit.so").display());
-    let child = Command::new(elfpack())
+    let mut child = Command::new(elfpack());
+    child
         .arg("build")
         .arg(fixture("fixture-x86_64-pie"))
         .arg("-o")
         .arg(&out)
         .args([audit.as_str(), "--timeout", "1"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::piped());
+    let child = spawn(&mut child);
     let tracee = tracee_of(child.id()).expect("no traced child appeared");
-    let o = child.wait_with_output().unwrap();
+    let o = wait_output(child, "elfpack build with --timeout 1");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(4), "{err}");
     assert!(err.contains("timed out"), "{err}");
@@ -335,23 +365,21 @@ fn interrupted_build_kills_the_program_and_writes_nothing() {
     let d = scratch();
     let out = d.path().join("out");
     let audit = format!("--env=LD_AUDIT={}", fixture("slow_audit.so").display());
-    let mut child = Command::new(elfpack())
-        .arg("build")
+    let mut cmd = Command::new(elfpack());
+    cmd.arg("build")
         .arg(fixture("fixture-x86_64-pie"))
         .arg("-o")
         .arg(&out)
-        .arg(audit)
-        .spawn()
-        .unwrap();
+        .arg(audit);
+    let child = spawn(&mut cmd);
     let tracee = tracee_of(child.id()).expect("no traced child appeared");
     std::thread::sleep(std::time::Duration::from_millis(100));
     // What a terminal's Ctrl-C sends to elfpack.
     let st = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+        .status_t();
     assert!(st.success());
-    let status = child.wait().unwrap();
+    let status = wait_output(child, "elfpack build after SIGINT").status;
     assert!(!status.success());
     assert!(
         gone(tracee),
@@ -400,8 +428,7 @@ fn env_and_unset_env_apply_to_the_capture_only() {
         .arg(fixture("needlib-x86_64"))
         .arg(format!("--env=LD_LIBRARY_PATH={}", libdir.display()))
         .env_remove("LD_LIBRARY_PATH")
-        .status()
-        .unwrap();
+        .status_t();
     assert!(st.success());
     assert_eq!(run_cmd_raw(Command::new(&out), b""), b"needed_value=1234\n");
     let o = Command::new(elfpack())
@@ -410,8 +437,7 @@ fn env_and_unset_env_apply_to_the_capture_only() {
         .arg(fixture("needlib-x86_64"))
         .args(["--unset-env", "LD_LIBRARY_PATH"])
         .env("LD_LIBRARY_PATH", &libdir)
-        .output()
-        .unwrap();
+        .output_t();
     assert_eq!(
         o.status.code(),
         Some(4),
@@ -449,8 +475,7 @@ fn setuid_packed_file_runs_in_secure_mode() {
             .arg(p)
             .arg("secure")
             .env("HOME", "/root")
-            .output()
-            .unwrap();
+            .output_t();
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     assert_eq!(run(&packed, 0o4755), run(&orig, 0o4755));

@@ -64,7 +64,7 @@ fn default_pack_runs_on_older_qemu_cpu_models() {
                 .arg(&packed)
                 .args(["args", "7", "x"]);
             cmd.env_clear().envs(test_env());
-            let p = run_cmd(cmd, b"");
+            let p = without_qemu_warnings(run_cmd(cmd, b""));
             let o = run_original(&orig, "./prog", &["args", "7", "x"], b"", None);
             assert_same(&format!("{} under qemu -cpu {model}", arch.name()), &p, &o);
         }
@@ -79,8 +79,7 @@ fn higher_level_refuses_an_older_cpu() {
         .args(["-cpu", "Nehalem"])
         .arg(&packed)
         .arg("args")
-        .output()
-        .unwrap();
+        .output_t();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(127), "{err}");
     assert!(
@@ -91,7 +90,7 @@ fn higher_level_refuses_an_older_cpu() {
     );
     assert!(out.stdout.is_empty());
     // The same file runs where the CPU has what it needs.
-    let ok = Command::new(&packed).arg("true").status().unwrap();
+    let ok = Command::new(&packed).arg("true").status_t();
     assert!(ok.success());
 }
 
@@ -106,8 +105,7 @@ fn level_above_this_machine_is_refused_at_pack_time() {
         .args(["build", "-q", "--cpu", "x86-64-v4", "-o"])
         .arg(&out)
         .arg(fixture("fixture-x86_64-pie"))
-        .output()
-        .unwrap();
+        .output_t();
     if has_avx512 {
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     } else {
@@ -132,7 +130,7 @@ fn real_programs_packed_by_default_run_on_a_nehalem() {
             .args(args)
             .env_clear()
             .envs(test_env());
-        let p = run_cmd(cmd, stdin);
+        let p = without_qemu_warnings(run_cmd(cmd, stdin));
         let mut o = Command::new(prog);
         o.arg0("prog").args(args).env_clear().envs(test_env());
         let o = run_cmd(o, stdin);

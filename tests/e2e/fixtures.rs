@@ -9,7 +9,7 @@ fn c_cases(placed: &Placed) -> Vec<Case> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     // fork + execve: of /bin/true where there is one; in the empty root, of the packed
     // program itself (with its `true` case). Both print the child's exit status.
-    let fork_packed = if placed.argv0() == "/prog" {
+    let fork_packed = if placed.mode() == Mode::Chroot {
         vec!["fork".to_string(), placed.self_path(), "true".into()]
     } else {
         s(&["fork", "/bin/true"])
@@ -38,33 +38,94 @@ fn c_cases(placed: &Placed) -> Vec<Case> {
             b"some input\nover two lines\n",
         ),
     ];
-    // No /proc in the empty root.
-    if placed.argv0() != "/prog" {
+    // No /proc in the empty root (pthread_getattr_np reads /proc/self/maps for the main
+    // thread), and no libgcc_s.so.1, which pthread_exit loads to unwind.
+    if placed.mode() != Mode::Chroot {
+        v.push(("mainexit", s(&["mainexit"]), s(&["mainexit"]), b""));
+        v.push(("stackend", s(&["stackend"]), s(&["stackend"]), b""));
         v.push((
             "cmdline",
             s(&["cmdline", "a b", "c"]),
             s(&["cmdline", "a b", "c"]),
             b"",
         ));
+        v.push(("relro", s(&["relro"]), s(&["relro"]), b""));
+    }
+    // qemu-user emulates /proc/self/stat and /proc/self/auxv from its own state, and
+    // refuses PR_SET_MM_MAP, which publishes the program's layout to the kernel.
+    if placed.mode() != Mode::Chroot && placed.mode() != Mode::Qemu {
+        v.push(("procauxv", s(&["procauxv"]), s(&["procauxv"]), b""));
+        let args = s(&["stat", "two words", "x"]);
+        v.push(("stat", args.clone(), args, b""));
+        v.push(("heap", s(&["brk", "heap"]), s(&["brk", "heap"]), b""));
     }
     v
 }
 
+/// Lines every packed run must print, whatever the original printed: each restore step
+/// has a visible effect here (auxv, mm layout, stack pointers, registrations, protections).
+fn expected_lines(case: &str, mode: Mode) -> &'static [&'static str] {
+    match case {
+        "auxv" => &[
+            "AT_PHDR is the program's=yes",
+            "matches=yes",
+            "AT_ENTRY is _start=yes",
+            "AT_BASE is ld.so=yes",
+        ],
+        "procauxv" => &["/proc/self/auxv agrees=yes (4 entries)"],
+        "stat" => &[
+            "code holds main=yes",
+            "data holds data_var=yes",
+            "start_brk is the first break=yes",
+            "arg range=yes",
+            "env range=yes",
+        ],
+        "stackend" => &[
+            "__libc_stack_end is &argc=yes",
+            "_dl_argv is argv=yes",
+            "pthread_getattr_np=ok holds a local=yes",
+        ],
+        "relro" => &["writable mappings=0"],
+        "mainexit" => &["join main=ok"],
+        "brk" => &["sbrk grew=1048576"],
+        "heap" => &["sbrk grew=1048576", "[heap] holds the grown break=yes"],
+        "pi" => &["pi mutex count=400000"],
+        "clock" if mode != Mode::Qemu => &["monotonic advances=yes", "realtime consistent=yes"],
+        _ => &[],
+    }
+}
+
 fn check_c(arch: Arch, pie: &str, mode: Mode) {
     let orig = fixture(&format!("fixture-{}-{pie}", arch.name()));
-    let opts = pack_options(mode);
-    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
-    let packed = packed(&orig, &opts);
+    let packed = packed(&orig, &[]);
     let placed = Placed::new(&packed, mode, arch);
     for (name, packed_args, orig_args, stdin) in c_cases(&placed) {
         let p = placed.run(&packed_args, stdin, None);
         let o = run_original(&orig, placed.argv0(), &orig_args, stdin, None);
-        assert_same(
-            &format!("{} {pie} {mode:?} case {name}", arch.name()),
-            &p,
-            &o,
+        let what = format!("{} {pie} {mode:?} case {name}", arch.name());
+        assert_same(&what, &p, &o);
+        for line in expected_lines(name, mode) {
+            assert!(
+                p.stdout.contains(line),
+                "{what}: no `{line}` in {}",
+                p.stdout
+            );
+        }
+    }
+    // The pointer guard is this run's: non-zero, taken from AT_RANDOM, new at every run.
+    let guards: Vec<String> = (0..2)
+        .map(|_| placed.run(&["pguard"], b"", None).stdout)
+        .collect();
+    for g in &guards {
+        assert!(
+            g.ends_with("from AT_RANDOM=yes\n") && !g.starts_with("pointer_guard=0x0 "),
+            "{mode:?}: pointer guard not refreshed: {g}"
         );
     }
+    assert_ne!(
+        guards[0], guards[1],
+        "{mode:?}: the same pointer guard twice"
+    );
     // sched_getcpu() reads the rseq area (or asks the kernel): pinned to CPU 1 it says 1.
     let p = placed.run(&["getcpu"], b"", Some(1));
     let o = run_original(&orig, "", &["getcpu"], b"", Some(1));
@@ -115,18 +176,18 @@ fn check_c(arch: Arch, pie: &str, mode: Mode) {
     );
     for r in [&a, &b] {
         let line = r.stdout.trim();
-        let canary = u64::from_str_radix(
-            line.split_whitespace()
-                .next()
-                .unwrap()
-                .trim_start_matches("canary=0x"),
-            16,
-        )
-        .unwrap();
-        let random = line.split("random=").nth(1).unwrap();
-        let bytes: Vec<u8> = (0..16)
-            .map(|i| u8::from_str_radix(&random[2 * i..2 * i + 2], 16).unwrap())
-            .collect();
+        let parsed = line.strip_prefix("canary=0x").and_then(|rest| {
+            let (canary, random) = rest.split_once(" random=")?;
+            let canary = u64::from_str_radix(canary, 16).ok()?;
+            let bytes = (0..16)
+                .map(|i| u8::from_str_radix(random.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?;
+            Some((canary, bytes))
+        });
+        let Some((canary, bytes)) = parsed else {
+            panic!("{mode:?}: the canary case printed `{line}`");
+        };
+        assert_ne!(canary, 0, "{mode:?}: the canary is zero");
         let word = if arch == Arch::X86_64 { 8 } else { 4 };
         let mut w = [0u8; 8];
         w[..word].copy_from_slice(&bytes[..word]);
@@ -140,9 +201,7 @@ fn check_c(arch: Arch, pie: &str, mode: Mode) {
 
 fn check_cxx(arch: Arch, pie: &str, mode: Mode) {
     let orig = fixture(&format!("cxx-{}-{pie}", arch.name()));
-    let opts = pack_options(mode);
-    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
-    let packed = packed(&orig, &opts);
+    let packed = packed(&orig, &[]);
     let placed = Placed::new(&packed, mode, arch);
     let args = ["first", "second"];
     let p = placed.run(&args, b"", None);

@@ -1,6 +1,7 @@
 //! The benchmark: packed programs against their originals, measured side by side in one
 //! run, printed as ratios. `cargo bench -p elfpack-tests` runs it in full; the test suite
 //! runs it with `Config::smoke()` so that it cannot rot.
+use crate::Timed;
 use crate::{elfpack, fixture, scratch};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -64,7 +65,8 @@ fn time_run(cmd: &mut Command) -> f64 {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let t = Instant::now();
-    let st = crate::spawn(cmd).wait().unwrap();
+    let what = format!("{cmd:?}");
+    let st = crate::wait_output(crate::spawn(cmd), &what).status;
     let e = t.elapsed().as_secs_f64();
     assert!(st.success(), "{cmd:?} failed: {st}");
     e
@@ -79,8 +81,7 @@ fn pack(input: &Path, out: &Path, extra: &[&str]) -> (f64, String) {
         .arg(out)
         .arg("-v")
         .args(extra)
-        .output()
-        .unwrap();
+        .output_t();
     let e = t.elapsed().as_secs_f64();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "packing {}: {err}", input.display());
@@ -92,8 +93,7 @@ fn mapped_files(prog: &Path, env: &[(&str, String)]) -> Vec<PathBuf> {
     let o = Command::new("ldd")
         .arg(prog)
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .unwrap();
+        .output_t();
     let mut v = vec![prog.to_path_buf()];
     for line in String::from_utf8_lossy(&o.stdout).lines() {
         let path = line
@@ -117,7 +117,7 @@ fn file_size(p: &Path) -> u64 {
 /// Sum of Rss and Pss (kB) over `n` concurrent instances of `cmd`, measured while they
 /// all sleep.
 fn memory(prog: &Path, args: &[&str], n: usize) -> (f64, f64) {
-    let mut kids: Vec<_> = (0..n)
+    let kids: Vec<_> = (0..n)
         .map(|_| {
             let mut c = Command::new(prog);
             c.args(args).stdin(Stdio::null()).stdout(Stdio::null());
@@ -144,8 +144,8 @@ fn memory(prog: &Path, args: &[&str], n: usize) -> (f64, f64) {
             }
         }
     }
-    for k in &mut kids {
-        k.wait().unwrap();
+    for k in kids {
+        crate::wait_output(k, "a concurrent instance");
     }
     (rss / n as f64, pss / n as f64)
 }
@@ -392,8 +392,7 @@ pub fn run(cfg: &Config) -> String {
             let o = Command::new(&pypacked)
                 .args(["-S", "-c", "pass"])
                 .env("ELFPACK_TRACE", "1")
-                .output()
-                .unwrap();
+                .output_t();
             let err = String::from_utf8_lossy(&o.stderr).into_owned();
             let ns = err
                 .split("restore took ")

@@ -3,6 +3,12 @@
 //!
 //! A missing tool (qemu-user, setarch, setpriv, chroot, taskset) is a test failure, never a
 //! skip: `tests/run` installs them.
+//!
+//! Every child process a test starts runs under a deadline ([`child_timeout`]): it is
+//! started in a process group of its own, and when the deadline passes the whole group is
+//! killed and the test fails with what the child had printed. Tests start children only
+//! through [`Timed`], [`run_cmd`] and the other helpers here (`tests/e2e/harness.rs` checks
+//! the sources for that).
 pub mod bench;
 
 use std::collections::HashMap;
@@ -11,8 +17,9 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Arch {
@@ -109,6 +116,97 @@ pub fn require(tool: &str) -> PathBuf {
         })
 }
 
+/// How long any child process of a test may run: `ELFPACK_TEST_TIMEOUT` seconds, default
+/// 120 (the slowest case, 300 MB of mallocs under qemu-user, takes a few seconds).
+pub fn child_timeout() -> Duration {
+    let secs = std::env::var("ELFPACK_TEST_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(120);
+    Duration::from_secs(secs)
+}
+
+/// Reads a pipe to its end on a thread of its own; the result arrives on the receiver.
+fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+/// Waits for `child` (started by [`spawn`] in a process group of its own) and collects its
+/// piped stdout and stderr. Past [`child_timeout`], kills its whole process group and
+/// panics with `what` and the output so far: a hung child is a failed test, never a hung
+/// suite.
+pub fn wait_output(child: Child, what: &str) -> Output {
+    wait_output_within(child, what, child_timeout())
+}
+
+/// [`wait_output`] with an explicit deadline.
+pub fn wait_output_within(mut child: Child, what: &str, limit: Duration) -> Output {
+    let pid = child.id() as i32;
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match rx.recv_timeout(limit) {
+        Ok(st) => st.expect("wait for a child process"),
+        Err(_) => {
+            // The group is the child's own (`process_group(0)` in `spawn`).
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+            let grace = Duration::from_secs(2);
+            let o = out.recv_timeout(grace).unwrap_or_default();
+            let e = err.recv_timeout(grace).unwrap_or_default();
+            panic!(
+                "{what}: still running after {} s, killed\nstdout: {}\nstderr: {}",
+                limit.as_secs(),
+                String::from_utf8_lossy(&o),
+                String::from_utf8_lossy(&e)
+            );
+        }
+    };
+    // Output still open after the child exited belongs to a descendant that outlived it.
+    let grace = Duration::from_secs(10);
+    let stdout = out.recv_timeout(grace).unwrap_or_default();
+    let stderr = err.recv_timeout(grace).unwrap_or_default();
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// `Command::output` and `Command::status` under the deadline of [`wait_output`].
+pub trait Timed {
+    /// Runs with stdin closed and stdout/stderr captured.
+    fn output_t(&mut self) -> Output;
+    /// Runs with stdin closed and stdout/stderr captured; returns the exit status.
+    fn status_t(&mut self) -> ExitStatus {
+        self.output_t().status
+    }
+}
+
+impl Timed for Command {
+    fn output_t(&mut self) -> Output {
+        let what = format!("{self:?}");
+        self.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        wait_output(spawn(self), &what)
+    }
+}
+
 /// Runs `elfpack build INPUT -o OUTPUT EXTRA...`; panics with its stderr on failure.
 pub fn pack_to(input: &Path, output: &Path, extra: &[&str]) {
     let out = Command::new(elfpack())
@@ -118,8 +216,7 @@ pub fn pack_to(input: &Path, output: &Path, extra: &[&str]) {
         .arg(output)
         .arg("-q")
         .args(extra)
-        .output()
-        .expect("run elfpack");
+        .output_t();
     assert!(
         out.status.success(),
         "elfpack build {} {:?} failed: {}",
@@ -154,12 +251,6 @@ pub fn packed(input: &Path, extra: &[&str]) -> PathBuf {
     path
 }
 
-/// Options for a packed file meant to run in `mode`: none, the default CPU level
-/// (baseline) runs everywhere, qemu's CPU models included.
-pub fn pack_options(_mode: Mode) -> Vec<String> {
-    Vec::new()
-}
-
 /// The fixed environment every compared run gets.
 pub fn test_env() -> Vec<(&'static str, &'static str)> {
     vec![
@@ -188,10 +279,12 @@ impl Run {
     }
 }
 
-/// Spawns `cmd`, retrying while the file is "busy": a file just written by this process
-/// stays open for writing in children that other test threads forked at that moment,
-/// until they exec (the classic ETXTBSY race of multi-threaded test runners).
+/// Spawns `cmd` in a process group of its own (so that [`wait_output`] can end it and
+/// everything it started), retrying while the file is "busy": a file just written by this
+/// process stays open for writing in children that other test threads forked at that
+/// moment, until they exec (the classic ETXTBSY race of multi-threaded test runners).
 pub fn spawn(cmd: &mut Command) -> std::process::Child {
+    cmd.process_group(0);
     let mut tries = 0;
     loop {
         match cmd.spawn() {
@@ -211,15 +304,15 @@ fn communicate(mut cmd: Command, stdin: &[u8], stderr: Stdio) -> Output {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(stderr);
+    let what = format!("{cmd:?}");
     let mut child = spawn(&mut cmd);
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
+    // Not joined: a child that never reads its input must not hang the test.
+    std::thread::spawn(move || {
         let _ = input.write_all(&data);
     });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
+    wait_output(child, &what)
 }
 
 fn finish(cmd: Command, stdin: &[u8]) -> Run {
@@ -259,6 +352,11 @@ impl Placed {
             mode,
             arch,
         }
+    }
+
+    /// How the placed file is run.
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// argv[0] as the packed program sees it.
@@ -341,8 +439,18 @@ pub fn run_original<S: AsRef<OsStr>>(
     finish(cmd, stdin)
 }
 
-/// Asserts that two runs printed the same and exited the same, with context.
+/// Asserts that two runs printed the same on stdout and stderr and exited the same.
 pub fn assert_same(what: &str, packed: &Run, original: &Run) {
+    assert_eq!(
+        (packed.code, &packed.stdout, &packed.stderr),
+        (original.code, &original.stdout, &original.stderr),
+        "{what}: packed run differs from the original (exit status, stdout, stderr)"
+    );
+}
+
+/// As [`assert_same`], for programs whose stderr is not deterministic (it names the
+/// program's own path, or timings): exit status and stdout only.
+pub fn assert_same_stdout(what: &str, packed: &Run, original: &Run) {
     assert_eq!(
         (packed.code, &packed.stdout),
         (original.code, &original.stdout),
@@ -350,6 +458,18 @@ pub fn assert_same(what: &str, packed: &Run, original: &Run) {
         packed.stderr,
         original.stderr
     );
+}
+
+/// The run with qemu's own warnings about CPU features its TCG lacks (asked for by a
+/// `-cpu` model) taken out of stderr: they are the emulator's lines, not the program's.
+pub fn without_qemu_warnings(mut r: Run) -> Run {
+    r.stderr = r
+        .stderr
+        .lines()
+        .filter(|l| !(l.starts_with("qemu-") && l.contains(": warning: TCG doesn't support")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    r
 }
 
 /// Runs a prepared command with `stdin`.
