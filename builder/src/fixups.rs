@@ -56,10 +56,19 @@ fn classify(st: &StackInfo, w: u64, v: u64, addr: u64) -> Result<Fixup> {
             return Ok(f(k::AUX_POINTER, 25, v - p));
         }
     }
-    // Pointers into strings point at their start, or (environment) at the value after '='.
-    for (i, &(p, _)) in st.argv.iter().enumerate() {
-        if v == p {
+    // Pointers into strings point at their start, at the base name of a path (libc's
+    // `program_invocation_short_name`, glibc `misc/init-misc.c` `__init_misc`), or
+    // (environment) at the value after '='.
+    for (i, (p, s)) in st.argv.iter().enumerate() {
+        let base = s
+            .iter()
+            .rposition(|&c| c == b'/')
+            .map_or(0, |i| i as u64 + 1);
+        if v == *p {
             return Ok(f(k::ARGV_STRING, i as u32, 0));
+        }
+        if base != 0 && v == p + base {
+            return Ok(f(k::ARGV_BASENAME, i as u32, 0));
         }
     }
     for (p, s) in &st.envp {
@@ -184,7 +193,7 @@ mod tests {
             lo: 0x7000,
             hi: 0x9000,
             sp: 0x8000,
-            argv: vec![(0x8800, 4), (0x8805, 3)],
+            argv: vec![(0x8800, b"a/bc".to_vec()), (0x8805, b"def".to_vec())],
             envp: vec![(0x8810, b"HOME=/root".to_vec())],
             auxv_addr: 0x8028,
             auxv: vec![(25, 0x8900), (15, 0x8920), (0, 0)],
@@ -201,6 +210,7 @@ mod tests {
         assert_eq!((c(0x8020).kind, c(0x8020).offset), (k::ENVP_ARRAY, 0));
         assert_eq!((c(0x8028).kind, c(0x8028).offset), (k::AUXV_ARRAY, 0));
         assert_eq!((c(0x8805).kind, c(0x8805).arg), (k::ARGV_STRING, 1));
+        assert_eq!((c(0x8802).kind, c(0x8802).arg), (k::ARGV_BASENAME, 0));
         let env = c(0x8815);
         assert_eq!((env.kind, env.offset), (k::ENV_STRING, 5));
         assert_eq!(env.string.as_deref(), Some(&b"HOME=/root\0"[..]));
@@ -214,8 +224,9 @@ mod tests {
     #[test]
     fn leaves_values_that_merely_fall_in_the_range() {
         let st = stack();
-        // Misaligned inside an array, inside a string but not at its start or value.
-        for v in [0x8009, 0x8802, 0x8812, 0x7100] {
+        // Misaligned inside an array, inside a string but not at its start, base name or
+        // value.
+        for v in [0x8009, 0x8801, 0x8812, 0x7100] {
             assert!(classify(&st, 8, v, 0x100).is_err(), "{v:#x}");
         }
     }

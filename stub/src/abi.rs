@@ -133,6 +133,9 @@ pub mod fixup_kind {
     pub const CANARY: u32 = 8;
     /// The pointer guard, derived from this run's AT_RANDOM.
     pub const POINTER_GUARD: u32 = 9;
+    /// The base name of `argv[arg]` (what follows its last '/'), or an empty string when
+    /// this run has fewer arguments.
+    pub const ARGV_BASENAME: u32 = 10;
 }
 
 /// One word of the image to rewrite at restore.

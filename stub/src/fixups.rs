@@ -46,6 +46,15 @@ fn into_string(s: *const u8, offset: u64) -> usize {
     s as usize + (offset as usize).min(len)
 }
 
+/// The address just past the last '/' of the NUL-terminated string at `s` (glibc
+/// `misc/init-misc.c` `__init_misc`: `program_invocation_short_name`).
+fn basename(s: *const u8) -> usize {
+    let len = InitialStack::strlen(s);
+    // SAFETY: `s` has `len` bytes before its NUL.
+    let bytes = unsafe { core::slice::from_raw_parts(s, len) };
+    s as usize + bytes.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1)
+}
+
 fn value(d: &'static Descriptor, st: &InitialStack, f: &Fixup) -> usize {
     let off = f.offset as usize;
     match f.kind {
@@ -55,6 +64,10 @@ fn value(d: &'static Descriptor, st: &InitialStack, f: &Fixup) -> usize {
         k::AUXV_ARRAY => st.auxv as usize + off,
         k::ARGV_STRING => match st.arg(f.arg as usize) {
             Some(s) => into_string(s, f.offset),
+            None => &EMPTY as *const u8 as usize,
+        },
+        k::ARGV_BASENAME => match st.arg(f.arg as usize) {
+            Some(s) => basename(s),
             None => &EMPTY as *const u8 as usize,
         },
         k::ENV_STRING => {

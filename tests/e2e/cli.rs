@@ -415,6 +415,58 @@ fn stop_at_entry_fallback_runs_the_program() {
     }
 }
 
+/// With the capture after the initializers (`--stop-at-entry`), what they kept from the
+/// capture's stack follows this run: libc's `program_invocation_name` (an argument string),
+/// a library's cached getenv() result (an environment string), the heap they used (the
+/// break is put back at its end), and everything the normal capture redirects too.
+#[test]
+fn stop_at_entry_redirects_what_initializers_kept() {
+    for arch in [Arch::X86_64, Arch::I386] {
+        let orig = fixture(&format!("fixture-{}-pie", arch.name()));
+        let placed = Placed::new(&packed(&orig, &["--stop-at-entry"]), Mode::Native, arch);
+        for args in [
+            &["progname"][..],
+            &["stat", "a b", "c"],
+            &["brk", "heap"],
+            &["stackend"],
+            &["auxv"],
+            &["env"],
+            &["malloc"],
+        ] {
+            let p = placed.run(args, b"", None);
+            let o = run_original(&orig, placed.argv0(), args, b"", None);
+            assert_same(&format!("{} --stop-at-entry {args:?}", arch.name()), &p, &o);
+            assert!(!p.stdout.contains("=no"), "{args:?}: {}", p.stdout);
+        }
+        let libdir = fixture(&format!("lib-{}", arch.name()));
+        let prog = fixture(&format!("needlib-{}", arch.name()));
+        let lib_env = format!("--env=LD_LIBRARY_PATH={}", libdir.display());
+        let packed = packed(
+            &prog,
+            &[
+                "--stop-at-entry",
+                &lib_env,
+                "--env=ELFPACK_TEST_VAR=the capture's value",
+            ],
+        );
+        let placed = Placed::new(&packed, Mode::Native, arch);
+        let p = placed.run(&["cached"], b"", None);
+        let mut o = Command::new(&prog);
+        o.arg("cached")
+            .env_clear()
+            .envs(test_env())
+            .env("LD_LIBRARY_PATH", &libdir);
+        let o = run_cmd(o, b"");
+        assert_same(&format!("{} needlib --stop-at-entry", arch.name()), &p, &o);
+        assert!(
+            p.stdout
+                .contains("cached ELFPACK_TEST_VAR=value with spaces"),
+            "{}",
+            p.stdout
+        );
+    }
+}
+
 #[test]
 fn env_and_unset_env_apply_to_the_capture_only() {
     // LD_LIBRARY_PATH from --env finds the library at capture; --unset-env removes a

@@ -89,7 +89,7 @@ pub struct StackInfo {
     pub lo: u64,
     pub hi: u64,
     pub sp: u64,
-    pub argv: Vec<(u64, usize)>,
+    pub argv: Vec<(u64, Vec<u8>)>,
     pub envp: Vec<(u64, Vec<u8>)>,
     pub auxv_addr: u64,
     pub auxv: Vec<(u64, u64)>,
@@ -226,7 +226,7 @@ fn read_stack(mem: &Memory, sp: u64, word: usize, maps: &[Mapping]) -> Result<St
     let argc = word_at(sp)?;
     for i in 0..argc {
         let p = word_at(sp + w * (1 + i))?;
-        info.argv.push((p, string_at(p)?.len()));
+        info.argv.push((p, string_at(p)?.to_vec()));
     }
     let mut a = sp + w * (argc + 2);
     loop {
