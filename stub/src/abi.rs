@@ -269,10 +269,13 @@ const _: () = assert!(DESCRIPTOR_SIZE.is_multiple_of(8));
 /// # Safety
 /// Implement only for such types.
 pub unsafe trait Plain: Copy {}
-// SAFETY: all of these are repr(C) integer-only structs without padding.
+// SAFETY: repr(C), integers only, no padding (size assertion above).
 unsafe impl Plain for Descriptor {}
+// SAFETY: repr(C), integers only, no padding (size assertion above).
 unsafe impl Plain for Fixup {}
+// SAFETY: repr(C), integers only, no padding (size assertion above).
 unsafe impl Plain for VdsoSlot {}
+// SAFETY: repr(C), integers only, no padding (size assertion above).
 unsafe impl Plain for Protect {}
 
 /// The bytes of a plain-data value, for writing it into a packed file.

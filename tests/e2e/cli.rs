@@ -460,7 +460,9 @@ fn stop_at_entry_redirects_what_initializers_kept() {
         assert_same(&format!("{} needlib --stop-at-entry", arch.name()), &p, &o);
         assert!(
             p.stdout
-                .contains("cached ELFPACK_TEST_VAR=value with spaces"),
+                .contains("cached ELFPACK_TEST_VAR=value with spaces")
+                && p.stdout.contains("in the break's range=yes")
+                && p.stdout.contains("malloc after start=ok"),
             "{}",
             p.stdout
         );

@@ -263,6 +263,27 @@ matrix! {
     cxx_i386_nopie_qemu: check_cxx, Arch::I386, "nopie", Mode::Qemu;
 }
 
+/// ld.so's copy of the AT_PLATFORM string, which it keeps from the capture's stack, is
+/// this run's: `$PLATFORM` in a dlopen path expands to it.
+#[test]
+fn platform_token_expands_in_dlopen() {
+    for arch in [Arch::X86_64, Arch::I386] {
+        let d = scratch();
+        let lib = fixture(&format!("lib-{}", arch.name())).join("libneeded.so");
+        for platform in ["x86_64", "i686", "i386"] {
+            std::fs::create_dir(d.path().join(platform)).unwrap();
+            std::fs::copy(&lib, d.path().join(platform).join("libneeded.so")).unwrap();
+        }
+        let dir = d.path().display().to_string();
+        let orig = fixture(&format!("fixture-{}-pie", arch.name()));
+        let placed = Placed::new(&packed(&orig, &[]), Mode::Native, arch);
+        let p = placed.run(&["platform", &dir], b"", None);
+        let o = run_original(&orig, placed.argv0(), &["platform", &dir], b"", None);
+        assert_same(&format!("{} $PLATFORM", arch.name()), &p, &o);
+        assert_eq!(p.stdout, "dlopen $PLATFORM: loaded\n", "{}", arch.name());
+    }
+}
+
 /// 200 consecutive runs of one packed fixture under ASLR all behave like the original.
 fn stress(arch: Arch) {
     let orig = fixture(&format!("fixture-{}-pie", arch.name()));

@@ -34,7 +34,7 @@ pub unsafe extern "C" fn _start() -> ! {
 #[inline(always)]
 pub unsafe fn syscall6(nr: u32, a: [usize; 6]) -> isize {
     let ret: isize;
-    // ABI: i386 Linux system calls via `int $0x80` take the number in eax and arguments in
+    // SAFETY: the caller upholds the system call's contract. ABI: i386 Linux system calls via `int $0x80` take the number in eax and arguments in
     // ebx, ecx, edx, esi, edi, ebp (linux `arch/x86/entry/entry_32.S`, comment above
     // `entry_INT80_32`). LLVM reserves ebx, esi and ebp, so they are saved on the stack and
     // loaded from the argument array here.

@@ -30,7 +30,7 @@ pub unsafe extern "C" fn _start() -> ! {
 #[inline(always)]
 pub unsafe fn syscall6(nr: u32, a: [usize; 6]) -> isize {
     let ret: isize;
-    // ABI: x86-64 Linux system calls take the number in rax and arguments in rdi, rsi, rdx,
+    // SAFETY: the caller upholds the system call's contract. ABI: x86-64 Linux system calls take the number in rax and arguments in rdi, rsi, rdx,
     // r10, r8, r9; `syscall` clobbers rcx and r11 (linux `arch/x86/entry/entry_64.S`,
     // comment above `entry_SYSCALL_64`).
     unsafe {
