@@ -36,6 +36,33 @@ fn compile(cpp: bool, m32: bool, flags: &[&str], srcs: &[&Path], libs: &[&str], 
     }
 }
 
+/// Turns the PT_GNU_STACK header of an ELF file into PT_NULL, as in programs linked before
+/// the GNU stack note existed; the kernel then gives i386 programs READ_IMPLIES_EXEC.
+fn drop_gnu_stack(path: &Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let is64 = b[4] == 2;
+    let rd = |b: &[u8], o: usize, n: usize| {
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(&b[o..o + n]);
+        u64::from_le_bytes(v) as usize
+    };
+    let (phoff, phentsize, phnum) = if is64 {
+        (rd(&b, 32, 8), rd(&b, 54, 2), rd(&b, 56, 2))
+    } else {
+        (rd(&b, 28, 4), rd(&b, 42, 2), rd(&b, 44, 2))
+    };
+    let mut found = false;
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        if rd(&b, o, 4) == 0x6474_e551 {
+            b[o..o + 4].copy_from_slice(&0u32.to_le_bytes());
+            found = true;
+        }
+    }
+    assert!(found, "{} has no PT_GNU_STACK", path.display());
+    std::fs::write(path, b).unwrap();
+}
+
 fn main() {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("fixtures");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("fixtures");
@@ -75,6 +102,17 @@ fn main() {
                 &out.join(format!("cxx-{arch}-{pie}")),
             );
         }
+        // A program without PT_GNU_STACK.
+        let nostack = out.join(format!("fixture-{arch}-nostack"));
+        compile(
+            false,
+            m32,
+            &["-fPIE", "-pie", "-pthread", "-fstack-protector-strong"],
+            &[&c],
+            &["-Wl,--no-as-needed", "-lm", "-ldl"],
+            &nostack,
+        );
+        drop_gnu_stack(&nostack);
         // A program whose library exists only while the tests create it.
         let libdir = out.join(format!("lib-{arch}"));
         std::fs::create_dir_all(&libdir).unwrap();

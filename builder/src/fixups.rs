@@ -112,7 +112,10 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
     let keep_guard = image.resume_kind == elfpack_stub::abi::RESUME_ENTRY;
     let mut found = Vec::new();
     for r in &image.regions {
-        if r.prot & PROT_EXEC != 0 || r.origin == "[vdso proxy]" {
+        // Code is never written by ld.so here (BIND_NOW binds through the GOT), except that
+        // under READ_IMPLIES_EXEC every region looks like code.
+        let code = r.prot & PROT_EXEC != 0 && !image.read_implies_exec;
+        if code || r.origin == "[vdso proxy]" {
             continue;
         }
         // The file's own bytes: nothing ld.so wrote.

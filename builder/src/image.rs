@@ -131,8 +131,13 @@ pub struct Image {
     pub enable_secure: u64,
     pub fixups: Vec<Fixup>,
     pub vdso: Option<Vdso>,
-    /// PT_GNU_STACK flags of the original program.
-    pub stack_flags: u32,
+    /// PT_GNU_STACK flags of the original program; `None` when it has none, and the kernel
+    /// then gives i386 programs READ_IMPLIES_EXEC (linux `arch/x86/include/asm/elf.h`,
+    /// `elf_read_implies_exec`), which the output keeps by having none either.
+    pub stack_flags: Option<u32>,
+    /// The capture ran with READ_IMPLIES_EXEC: every mapping is executable, so the
+    /// protection does not tell code from data.
+    pub read_implies_exec: bool,
     pub objects: Vec<Object>,
     pub cpu_needs: u64,
     pub cpu_level: String,

@@ -39,8 +39,9 @@ pub struct Program {
     pub arch: Arch,
     pub pie: bool,
     pub interp: String,
-    /// Flags of PT_GNU_STACK (PF_R | PF_W, plus PF_X for an executable stack).
-    pub stack_flags: u32,
+    /// Flags of PT_GNU_STACK (PF_R | PF_W, plus PF_X for an executable stack); `None`
+    /// when the program has none.
+    pub stack_flags: Option<u32>,
     /// The program's PT_LOAD segments as (vaddr, memsz, filesz, flags), link-time addresses.
     pub loads: Vec<(u64, u64, u64, u32)>,
 }
@@ -143,7 +144,7 @@ pub fn inspect(path: &Path) -> Result<Program> {
         .program_headers
         .iter()
         .find(|p| p.p_type == ph::PT_GNU_STACK)
-        .map_or(ph::PF_R | ph::PF_W | ph::PF_X, |p| p.p_flags);
+        .map(|p| p.p_flags);
     let loads = elf
         .program_headers
         .iter()

@@ -407,12 +407,14 @@ pub fn write(
             p_align: PAGE,
         });
     }
-    phdrs.push(ProgramHeader {
-        p_type: PT_GNU_STACK,
-        p_flags: image.stack_flags,
-        p_align: 16,
-        ..Default::default()
-    });
+    if let Some(flags) = image.stack_flags {
+        phdrs.push(ProgramHeader {
+            p_type: PT_GNU_STACK,
+            p_flags: flags,
+            p_align: 16,
+            ..Default::default()
+        });
+    }
     let mut h = Header::new(ctx);
     h.e_type = goblin::elf::header::ET_EXEC;
     h.e_machine = arch.e_machine();

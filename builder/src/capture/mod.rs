@@ -601,6 +601,13 @@ fn run(
             }
         }
     }
+    // READ_IMPLIES_EXEC (linux `include/uapi/linux/personality.h`): the kernel made every
+    // mapping executable, so the protection does not tell code from data.
+    const READ_IMPLIES_EXEC: u32 = 0x0040_0000;
+    let read_implies_exec = std::fs::read_to_string(format!("/proc/{pid}/personality"))
+        .ok()
+        .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
+        .is_some_and(|p| p & READ_IMPLIES_EXEC != 0);
     // File mappings without a single private (written) page hold the file's own bytes:
     // take them from the file instead of copying them out of the process.
     let unwritten = procfs::unwritten_file_mappings(pid)?;
@@ -626,7 +633,9 @@ fn run(
             continue;
         }
         let len = (m.end - m.start) as usize;
-        let data = if m.prot == 0 || (opts_skip_code && m.prot & image::PROT_EXEC != 0) {
+        let data = if m.prot == 0
+            || (opts_skip_code && m.prot & image::PROT_EXEC != 0 && !read_implies_exec)
+        {
             None
         } else if let Some(file) = unwritten
             .get(&m.start)
@@ -715,6 +724,7 @@ fn run(
             entries: Vec::new(),
         }),
         stack_flags: prog.stack_flags,
+        read_implies_exec,
         objects,
         cpu_needs: 0,
         cpu_level: String::new(),
