@@ -98,6 +98,44 @@ fn classify(st: &StackInfo, w: u64, v: u64, addr: u64) -> Result<Fixup> {
     ))
 }
 
+/// The words ld.so copied from an auxv entry that differs between machines
+/// ([`crate::capture::VARIED_AUX`]): those that hold the kernel's value in `a` and the
+/// changed value in `b`, a capture that was given other values. The stub sets each to this
+/// run's value.
+pub fn aux_values(a: &Image, b: &Image, sa: &StackInfo, sb: &StackInfo) -> Vec<Fixup> {
+    let w = a.arch.word();
+    let pairs: Vec<(u64, u64, u64)> = crate::capture::VARIED_AUX
+        .iter()
+        .filter_map(|&(tag, _)| Some((tag, sa.aux(tag)?, sb.aux(tag)?)))
+        .filter(|&(_, va, vb)| va != vb)
+        .collect();
+    let mut found = Vec::new();
+    for (ra, rb) in a.regions.iter().zip(&b.regions) {
+        let (Some(da), Some(db)) = (ra.data.as_deref(), rb.data.as_deref()) else {
+            continue;
+        };
+        if ra.start != rb.start || da == db {
+            continue;
+        }
+        for (i, (wa, wb)) in da.chunks_exact(w).zip(db.chunks_exact(w)).enumerate() {
+            let (va, vb) = (word_of(wa, w), word_of(wb, w));
+            if va == vb {
+                continue;
+            }
+            if let Some(&(tag, ..)) = pairs.iter().find(|&&(_, x, y)| (x, y) == (va, vb)) {
+                found.push(Fixup {
+                    addr: ra.start + (i * w) as u64,
+                    kind: k::AUX_VALUE,
+                    arg: tag as u32,
+                    offset: 0,
+                    string: None,
+                });
+            }
+        }
+    }
+    found
+}
+
 /// Finds every fixup, records it in `image.fixups` and zeroes the word in the image.
 /// Returns notes on words that fall inside the capture-time stack's range without pointing
 /// at any of its parts (on i386 ordinary data can look like such an address); those are

@@ -286,6 +286,7 @@ fn build(a: &BuildArgs) -> Result<()> {
         timeout: Duration::from_secs_f64(a.timeout),
         at_entry: a.stop_at_entry,
         skip_code: false,
+        vary_aux: false,
     };
     let t_capture = Instant::now();
     // Two captures, at once: the second shows which words still vary from run to run.
@@ -295,19 +296,20 @@ fn build(a: &BuildArgs) -> Result<()> {
                 &prog,
                 &capture::Options {
                     skip_code: true,
+                    vary_aux: true,
                     ..opts.clone()
                 },
             )?;
             let mut image = c.image;
             fixups::find(&mut image, &c.stack)?;
             normalize::reset_thread_state(&mut image);
-            Ok::<_, Error>(image)
+            Ok::<_, Error>((image, c.stack))
         });
         let first = capture::capture(&prog, &opts).and_then(|c| {
             let mut image = c.image;
             let notes = fixups::find(&mut image, &c.stack)?;
             normalize::reset_thread_state(&mut image);
-            Ok((image, notes, c.warnings))
+            Ok((image, notes, c.warnings, c.stack))
         });
         (
             first,
@@ -316,11 +318,18 @@ fn build(a: &BuildArgs) -> Result<()> {
                 .unwrap_or_else(|_| Err(other!("the second capture failed"))),
         )
     });
-    let (mut image, fixup_notes, warnings) = first?;
-    let image2 = second?;
+    let (mut image, fixup_notes, warnings, stack) = first?;
+    let (image2, stack2) = second?;
     let capture_time = t_capture.elapsed();
+    let aux_values = fixups::aux_values(&image, &image2, &stack, &stack2);
     let varying = normalize::zero_differences(&mut image, &image2)?;
     drop(image2);
+    let varying: Vec<u64> = varying
+        .into_iter()
+        .filter(|a| !aux_values.iter().any(|f| f.addr == *a))
+        .collect();
+    image.fixups.extend(aux_values);
+    image.fixups.sort_by_key(|f| f.addr);
     let unknown = vdso::find_entries(&mut image)?;
     image.cpu_needs = plan.needs;
     image.cpu_level = plan.name.clone();

@@ -136,6 +136,9 @@ pub mod fixup_kind {
     /// The base name of `argv[arg]` (what follows its last '/'), or an empty string when
     /// this run has fewer arguments.
     pub const ARGV_BASENAME: u32 = 10;
+    /// This run's value of auxv entry `arg` (a copy ld.so keeps: AT_CLKTCK, AT_HWCAP2,
+    /// AT_MINSIGSTKSZ); where the kernel gives none, what glibc uses then.
+    pub const AUX_VALUE: u32 = 11;
 }
 
 /// One word of the image to rewrite at restore.

@@ -89,3 +89,25 @@ pub fn check(d: &'static Descriptor) {
     line.emit();
     sys::exit_group(fail::EXIT_RESTORE_FAILED);
 }
+
+/// What glibc uses for an auxv entry that the kernel does not give (qemu-user, kernels
+/// before 5.14 for AT_MINSIGSTKSZ), for the entries whose copies the image holds.
+pub fn aux_default(tag: u32) -> usize {
+    if tag != linux_raw_sys::auxvec::AT_MINSIGSTKSZ {
+        // AT_CLKTCK and AT_HWCAP2: glibc keeps 0 (and `sysconf(_SC_CLK_TCK)` then says 100).
+        return 0;
+    }
+    // glibc `sysdeps/unix/sysv/linux/x86/dl-minsigstacksize.h`, `dl_check_minsigstacksize`:
+    // the kernel's signal frame with this CPU's XSAVE area, or MINSIGSTKSZ without XSAVE.
+    let (max, ..) = arch::cpuid(0, 0);
+    let (_, _, c1, _) = arch::cpuid(1, 0);
+    let osxsave = c1 & (1 << 27) != 0;
+    if max < 0xd || !osxsave {
+        return 2048;
+    }
+    let (_, xsave_size, _, _) = arch::cpuid(0xd, 0);
+    // The frame before the XSAVE buffer, 16-aligned, then padded to align the buffer at
+    // 64, the buffer, and FP_XSTATE_MAGIC2 (4 bytes).
+    let before = (arch::SIGFRAME_SIZE + 15).next_multiple_of(16) + (64 - 16);
+    (before + xsave_size + 4) as usize
+}

@@ -66,6 +66,9 @@ fn value(d: &'static Descriptor, st: &InitialStack, f: &Fixup) -> usize {
             Some(s) => into_string(s, f.offset),
             None => &EMPTY as *const u8 as usize,
         },
+        k::AUX_VALUE => st
+            .aux(f.arg)
+            .unwrap_or_else(|| crate::cpu::aux_default(f.arg)),
         k::ARGV_BASENAME => match st.arg(f.arg as usize) {
             Some(s) => basename(s),
             None => &EMPTY as *const u8 as usize,

@@ -73,3 +73,32 @@ fn program_without_gnu_stack() {
         }
     }
 }
+
+/// The values glibc copies from the auxv while starting (`sysconf(_SC_MINSIGSTKSZ)`,
+/// `_SC_SIGSTKSZ`, `_SC_CLK_TCK`, `getauxval(AT_HWCAP2)`) are this run's, natively and
+/// under qemu-user, whose auxv differs from the capture machine's (no AT_MINSIGSTKSZ,
+/// another XSAVE size, no HWCAP2 bits).
+#[test]
+fn values_copied_from_the_auxv_are_this_runs() {
+    for arch in [Arch::X86_64, Arch::I386] {
+        let orig = fixture(&format!("fixture-{}-pie", arch.name()));
+        let packed = packed(&orig, &[]);
+        for mode in [Mode::Native, Mode::Qemu] {
+            let placed = Placed::new(&packed, mode, arch);
+            let p = placed.run(&["sysconf"], b"", None);
+            let o = if mode == Mode::Qemu {
+                let mut cmd = std::process::Command::new(require(arch.qemu()));
+                cmd.args(["-0", placed.argv0()])
+                    .arg(&orig)
+                    .arg("sysconf")
+                    .env_clear()
+                    .envs(test_env());
+                run_cmd(cmd, b"")
+            } else {
+                run_original(&orig, placed.argv0(), &["sysconf"], b"", None)
+            };
+            assert_same(&format!("{} {mode:?} sysconf", arch.name()), &p, &o);
+            assert!(p.stdout.starts_with("MINSIGSTKSZ="), "{}", p.stdout);
+        }
+    }
+}

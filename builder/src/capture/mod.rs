@@ -81,6 +81,10 @@ pub struct Options {
     /// Leave out the contents of executable mappings (a capture made only to compare
     /// data with another: ld.so does not write code).
     pub skip_code: bool,
+    /// Give ld.so other values of the auxv entries it copies ([`VARIED_AUX`]), so that a
+    /// comparison with a capture that saw the kernel's own values finds where it keeps
+    /// them.
+    pub vary_aux: bool,
 }
 
 /// The capture-time initial stack, for classifying pointers into it.
@@ -154,6 +158,14 @@ const AT_RANDOM: u64 = 25;
 const AT_SYSINFO: u64 = 32;
 const AT_SYSINFO_EHDR: u64 = 33;
 
+/// Auxv entries whose values ld.so copies into its own variables (glibc
+/// `sysdeps/unix/sysv/linux/dl-parse_auxv.h`, `_dl_parse_auxv`) and that differ between
+/// machines, with how a comparison capture changes each: AT_CLKTCK (GLRO(dl_clktck),
+/// `sysconf(_SC_CLK_TCK)`), AT_HWCAP2 (GLRO(dl_hwcap2), `getauxval`), AT_MINSIGSTKSZ
+/// (GLRO(dl_minsigstacksize), `sysconf(_SC_MINSIGSTKSZ)` and `_SC_SIGSTKSZ`). The changes
+/// touch no bit that ld.so acts on while starting.
+pub const VARIED_AUX: &[(u64, u64)] = &[(17, 0x40), (26, 1 << 30), (51, 0x400)];
+
 pub fn capture(prog: &Program, opts: &Options) -> Result<Captured> {
     let mut t = Tracee::spawn(&prog.path, &opts.args, &opts.env)?;
     let pid = t.pid.as_raw();
@@ -174,7 +186,7 @@ pub fn capture(prog: &Program, opts: &Options) -> Result<Captured> {
             }
         })
     };
-    let result = run(&mut t, prog, &mem, word, opts.at_entry, opts.skip_code);
+    let result = run(&mut t, prog, &mem, word, opts);
     drop(stop);
     let _ = watchdog.join();
     if fired.load(Ordering::Relaxed) {
@@ -323,9 +335,9 @@ fn run(
     prog: &Program,
     mem: &Memory,
     word: usize,
-    opts_at_entry: bool,
-    opts_skip_code: bool,
+    opts: &Options,
 ) -> Result<Captured> {
+    let (opts_at_entry, opts_skip_code) = (opts.at_entry, opts.skip_code);
     let pid = t.pid.as_raw();
     let mut regs = t.regs()?;
     let maps = procfs::maps(pid)?;
@@ -459,6 +471,13 @@ fn run(
         .aux(AT_RANDOM)
         .ok_or_else(|| capture_err!("no AT_RANDOM"))?;
     mem.write(random, &RANDOM_PATTERN)?;
+    if opts.vary_aux {
+        for &(tag, change) in VARIED_AUX {
+            if let Some(v) = stack.aux(tag) {
+                set_aux(mem, &mut stack, word, tag, v ^ change)?;
+            }
+        }
+    }
 
     // 3. Breakpoint where `_dl_start` returns into `_dl_start_user`: right after the first
     // call at ld.so's entry (glibc `sysdeps/x86_64/dl-machine.h`, `sysdeps/i386/dl-machine.h`,

@@ -265,6 +265,11 @@ pub fn vdso_fallback(func: u32, st: &crate::stack::InitialStack) -> Option<usize
     Some(f as usize)
 }
 
+/// The kernel's signal frame before the XSAVE area, as glibc counts it when it emulates
+/// AT_MINSIGSTKSZ: `sizeof(struct sigframe_ia32)`, the FSAVE header, the return address and
+/// three arguments (glibc `sysdeps/unix/sysv/linux/x86/dl-minsigstacksize.h`).
+pub const SIGFRAME_SIZE: u32 = 736 + 112 + 4 + 3 * 4;
+
 /// `cpuid` leaf/subleaf → (eax, ebx, ecx, edx).
 pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     // Every CPU that runs i686 code has cpuid (Intel SDM vol. 2, "CPUID").

@@ -168,6 +168,11 @@ pub fn vdso_fallback(func: u32, _st: &crate::stack::InitialStack) -> Option<usiz
     Some(f as usize)
 }
 
+/// The kernel's signal frame before the XSAVE area, as glibc counts it when it emulates
+/// AT_MINSIGSTKSZ: `sizeof(struct rt_sigframe)` and the return address (glibc
+/// `sysdeps/unix/sysv/linux/x86/dl-minsigstacksize.h`).
+pub const SIGFRAME_SIZE: u32 = 440 + 8;
+
 /// `cpuid` leaf/subleaf → (eax, ebx, ecx, edx).
 pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     // cpuid exists on every x86-64 CPU (AMD64 APM vol. 3, "CPUID").
