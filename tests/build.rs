@@ -102,6 +102,18 @@ fn main() {
                 &out.join(format!("cxx-{arch}-{pie}")),
             );
         }
+        // Programs with a large bss.
+        let bigbss = dir.join("bigbss.c");
+        for mb in [523, 1536] {
+            compile(
+                false,
+                m32,
+                &["-fPIE", "-pie", &format!("-DBSS_MB={mb}")],
+                &[&bigbss],
+                &[],
+                &out.join(format!("bigbss-{arch}-{mb}")),
+            );
+        }
         // A program without PT_GNU_STACK.
         let nostack = out.join(format!("fixture-{arch}-nostack"));
         compile(

@@ -102,3 +102,28 @@ fn values_copied_from_the_auxv_are_this_runs() {
         }
     }
 }
+
+/// A program whose bss is larger than the room the capture leaves above a program by
+/// default (512 MiB on i386): ld.so, the vDSO and the libraries go where nothing is mapped,
+/// so the bss stays zero, natively and under qemu-user.
+#[test]
+fn large_bss_stays_zero() {
+    for arch in [Arch::X86_64, Arch::I386] {
+        for mb in [523, 1536] {
+            let orig = fixture(&format!("bigbss-{}-{mb}", arch.name()));
+            let packed = packed(&orig, &[]);
+            for mode in [Mode::Native, Mode::Qemu] {
+                let placed = Placed::new(&packed, mode, arch);
+                let p = placed.run(&["x"], b"", None);
+                let o = run_original(&orig, placed.argv0(), &["x"], b"", None);
+                let what = format!("{} {mb} MiB bss {mode:?}", arch.name());
+                assert_same(&what, &p, &o);
+                assert!(
+                    p.stdout.contains("nonzero=0 malloc=ok"),
+                    "{what}: {}",
+                    p.stdout
+                );
+            }
+        }
+    }
+}

@@ -285,6 +285,80 @@ fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
+/// The program's extent: its file mappings and the anonymous mappings (bss) right after.
+fn program_extent(maps: &[Mapping], exe_path: &str) -> (u64, u64) {
+    let lo = maps
+        .iter()
+        .find(|m| m.path == exe_path)
+        .map_or(0, |m| m.start);
+    let mut hi = lo;
+    for m in maps.iter().filter(|m| m.start >= lo) {
+        if m.path == exe_path || (m.path.is_empty() && m.start == hi) {
+            hi = hi.max(m.end);
+        } else if m.start > hi {
+            break;
+        }
+    }
+    (lo, hi)
+}
+
+/// Where ld.so, the vDSO and the libraries go: a range that no mapping uses, above the
+/// program with room for its heap, or (when the program leaves too little room above it,
+/// as a large i386 bss does) below it, whichever is larger; at most the steering's window.
+fn choose_window(maps: &[Mapping], exe_path: &str, steer: &Steer) -> Result<(u64, u64)> {
+    // The lowest address used (mmap_min_addr and the first 16 MiB stay free) and the top
+    // of the range (i386: the 4 GiB address space, where the kernel also puts the stack).
+    let (floor, top) = if steer.is64 {
+        (1 << 24, 1u64 << 47)
+    } else {
+        (1 << 24, 1u64 << 32)
+    };
+    let (lo, hi) = program_extent(maps, exe_path);
+    let free_until = |from: u64| {
+        maps.iter()
+            .filter(|m| m.end > from)
+            .map(|m| m.start)
+            .min()
+            .unwrap_or(top)
+            .min(top)
+    };
+    let above_lo = align_up(hi, steer.window_align) + steer.heap_room;
+    let occupied = |a: u64| maps.iter().any(|m| m.start <= a && a < m.end);
+    let above = if above_lo < top && !occupied(above_lo) {
+        (above_lo, free_until(above_lo))
+    } else {
+        (0, 0)
+    };
+    let below_hi = lo / steer.window_align * steer.window_align;
+    let below_lo = maps
+        .iter()
+        .filter(|m| m.end <= below_hi)
+        .map(|m| m.end)
+        .max()
+        .map_or(floor, |e| align_up(e, steer.window_align))
+        .max(floor);
+    let below = if below_lo < below_hi {
+        (below_lo, below_hi)
+    } else {
+        (0, 0)
+    };
+    let (a, b) = if above.1 - above.0 >= below.1 - below.0 {
+        above
+    } else {
+        below
+    };
+    // Enough for ld.so, the vDSO and a few libraries; a program that leaves less cannot
+    // be packed into one compact image.
+    const MIN_WINDOW: u64 = 64 << 20;
+    if b - a < MIN_WINDOW {
+        return Err(crate::error::unpackable!(
+            "the program's mappings ({lo:#x}-{hi:#x}, its bss included) leave no room of {} MiB for its libraries next to it",
+            MIN_WINDOW >> 20
+        ));
+    }
+    Ok((a, b.min(a + steer.window_size)))
+}
+
 /// Finds a system-call instruction inside an executable mapping that `pick` selects.
 fn find_syscall_insn(
     mem: &Memory,
@@ -316,7 +390,13 @@ fn move_mapping(
     to: u64,
 ) -> Result<()> {
     let ret = t.inject_syscall(steer.is64, insn, steer.mremap, [from, len, len, 3, to, 0])?;
-    if ret as u64 != to {
+    // An i386 result above 2 GiB comes back sign-extended.
+    let got = if steer.is64 {
+        ret as u64
+    } else {
+        ret as u64 & 0xffff_ffff
+    };
+    if got != to {
         return Err(capture_err!(
             "cannot move mapping {from:#x}+{len:#x} to {to:#x} (mremap: {ret})"
         ));
@@ -411,13 +491,7 @@ fn run(
     let mut layout;
     let ldso_base;
     {
-        let exe_hi = maps
-            .iter()
-            .filter(|m| m.path == exe_path)
-            .map(|m| m.end)
-            .max()
-            .unwrap();
-        let window_lo = align_up(exe_hi, steer.window_align) + steer.heap_room;
+        let (window_lo, window_hi) = choose_window(&maps, &exe_path, steer)?;
         let vdso = maps.iter().find(|m| m.path == "[vdso]").cloned();
         let ldso: Vec<Mapping> = {
             // ld.so's file mappings and the anonymous bss that follows them.
@@ -463,7 +537,7 @@ fn run(
         let cursor = align_up(hi + delta + 0x10000, 0x20_0000);
         layout = Some(Layout {
             cursor,
-            window: (window_lo, window_lo + steer.window_size),
+            window: (window_lo, window_hi),
         });
     }
     // No per-capture randomness in the image: see RANDOM_PATTERN.
@@ -662,6 +736,12 @@ fn run(
             .filter(|f| m.offset as usize + len <= f.len())
         {
             Some(image::Data::File(file.clone(), m.offset as usize, len))
+        } else if m.path.is_empty() || m.path == "[heap]" {
+            // Anonymous memory: only the pages the process touched can hold anything but
+            // zeros (a large bss is mostly untouched, and reading it would fault it in).
+            Some(image::Data::Owned(procfs::read_resident(
+                pid, mem, m.start, len,
+            )?))
         } else {
             Some(image::Data::Owned(mem.read(m.start, len)?))
         };
@@ -837,4 +917,64 @@ fn record(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(start: u64, end: u64, path: &str) -> Mapping {
+        Mapping {
+            start,
+            end,
+            prot: 3,
+            offset: 0,
+            path: path.into(),
+        }
+    }
+
+    /// An i386 program at 0x56555000 with `bss` bytes of bss, ld.so and the vDSO at the
+    /// top, and the stack.
+    fn i386_maps(bss: u64) -> Vec<Mapping> {
+        vec![
+            m(0x5655_5000, 0x5655_9000, "/p"),
+            m(0x5655_9000, 0x5655_9000 + bss, ""),
+            m(0xf7fc_7000, 0xf7fc_9000, "[vdso]"),
+            m(0xf7fc_9000, 0xf7ff_d000, "/lib/ld-linux.so.2"),
+            m(0xfffd_d000, 0xffff_e000, "[stack]"),
+        ]
+    }
+
+    #[test]
+    fn window_lies_above_the_program_and_its_bss_when_there_is_room() {
+        let (lo, hi) = choose_window(&i386_maps(1 << 20), "/p", &STEER_I386).unwrap();
+        assert_eq!(lo, 0x5700_0000 + STEER_I386.heap_room);
+        assert_eq!(hi, lo + STEER_I386.window_size);
+    }
+
+    #[test]
+    fn window_never_overlaps_a_large_bss() {
+        for bss in [523u64 << 20, 1536 << 20] {
+            let maps = i386_maps(bss);
+            let (lo, hi) = choose_window(&maps, "/p", &STEER_I386).unwrap();
+            assert!(hi - lo >= 64 << 20);
+            for x in &maps {
+                assert!(
+                    x.end <= lo || x.start >= hi,
+                    "{bss:#x}: {lo:#x}-{hi:#x} overlaps {x:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_program_that_leaves_no_room_is_refused() {
+        let maps = vec![
+            m(0x0100_0000, 0x0200_0000, "/p"),
+            m(0x0200_0000, 0xf7f0_0000, ""),
+            m(0xf7fc_9000, 0xf7ff_d000, "/lib/ld-linux.so.2"),
+        ];
+        let err = choose_window(&maps, "/p", &STEER_I386).unwrap_err();
+        assert!(err.to_string().contains("leave no room"), "{err}");
+    }
 }

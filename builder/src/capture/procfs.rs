@@ -78,6 +78,15 @@ impl Memory {
         Ok(buf)
     }
 
+    pub fn read_into(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        self.file.read_exact_at(buf, addr).map_err(|e| {
+            capture_err!(
+                "cannot read tracee memory at {addr:#x}+{:#x}: {e}",
+                buf.len()
+            )
+        })
+    }
+
     pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<()> {
         self.file
             .write_all_at(bytes, addr)
@@ -112,4 +121,38 @@ pub fn unwritten_file_mappings(pid: i32) -> Result<std::collections::HashMap<u64
         }
     }
     Ok(out)
+}
+
+/// Reads `len` bytes of anonymous memory at `addr` (page-aligned): the pages that are
+/// present or swapped out, as /proc/PID/pagemap says (bits 63 and 62 of each entry; linux
+/// `Documentation/admin-guide/mm/pagemap.rst`), are read; the others were never touched
+/// and read as zeros.
+pub fn read_resident(pid: i32, mem: &Memory, addr: u64, len: usize) -> Result<Vec<u8>> {
+    const PAGE: usize = 4096;
+    let pages = len.div_ceil(PAGE);
+    let pagemap = File::open(format!("/proc/{pid}/pagemap"))
+        .map_err(|e| capture_err!("cannot open /proc/{pid}/pagemap: {e}"))?;
+    let mut entries = vec![0u8; pages * 8];
+    pagemap
+        .read_exact_at(&mut entries, addr / PAGE as u64 * 8)
+        .map_err(|e| capture_err!("cannot read /proc/{pid}/pagemap: {e}"))?;
+    let used = |i: usize| {
+        let e = u64::from_le_bytes(entries[i * 8..i * 8 + 8].try_into().unwrap());
+        e & (3 << 62) != 0
+    };
+    let mut buf = vec![0u8; len];
+    let mut i = 0;
+    while i < pages {
+        if !used(i) {
+            i += 1;
+            continue;
+        }
+        let first = i;
+        while i < pages && used(i) {
+            i += 1;
+        }
+        let (from, to) = (first * PAGE, (i * PAGE).min(len));
+        mem.read_into(addr + from as u64, &mut buf[from..to])?;
+    }
+    Ok(buf)
 }
