@@ -67,9 +67,6 @@ impl Data {
 }
 
 impl Region {
-    pub fn len(&self) -> u64 {
-        self.end - self.start
-    }
     pub fn contains(&self, addr: u64) -> bool {
         self.start <= addr && addr < self.end
     }
@@ -129,13 +126,18 @@ pub struct Image {
     pub regs: abi::Registrations,
     pub mm: abi::MmLayout,
     pub enable_secure: u64,
+    /// Address of libc's `__rseq_size` (glibc 2.35+), or 0.
+    pub rseq_size: u64,
     pub fixups: Vec<Fixup>,
     pub vdso: Option<Vdso>,
-    /// PT_GNU_STACK flags of the original program.
+    /// PT_GNU_STACK flags of the output: executable exactly when the captured process's
+    /// stack was (ld.so makes it so for a library whose PT_GNU_STACK asks for it).
     pub stack_flags: u32,
     pub objects: Vec<Object>,
     pub cpu_needs: u64,
     pub cpu_level: String,
+    /// The oldest kernel the image runs on (`abi::kernel_version`).
+    pub min_kernel: u32,
 }
 
 impl Image {

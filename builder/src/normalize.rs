@@ -98,12 +98,14 @@ mod tests {
             regs: Default::default(),
             mm: Default::default(),
             enable_secure: 0,
+            rseq_size: 0,
             fixups: vec![],
             vdso: None,
             stack_flags: 6,
             objects: vec![],
             cpu_needs: 0,
             cpu_level: String::new(),
+            min_kernel: 0,
         }
     }
 
