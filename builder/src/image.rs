@@ -126,7 +126,7 @@ pub struct Image {
     pub regs: abi::Registrations,
     pub mm: abi::MmLayout,
     pub enable_secure: u64,
-    /// Address of libc's `__rseq_size` (glibc 2.35+), or 0.
+    /// Address of `__rseq_size` (ld.so, glibc 2.35+), or 0.
     pub rseq_size: u64,
     pub fixups: Vec<Fixup>,
     pub vdso: Option<Vdso>,

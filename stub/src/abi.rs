@@ -104,7 +104,7 @@ pub struct Descriptor {
     /// For [`RESUME_ENTRY`]: the `%rdx`/`%edx` value (ld.so's `_dl_fini`) the program's
     /// `_start` receives.
     pub resume_dx: u64,
-    /// Address of libc's `__rseq_size` (glibc 2.35+), or 0: zeroed when this kernel
+    /// Address of `__rseq_size` (ld.so, glibc 2.35+), or 0: zeroed when this kernel
     /// refuses the rseq registration.
     pub rseq_size: u64,
     /// The oldest kernel the image runs on, as [`kernel_version`] encodes it.

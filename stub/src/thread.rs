@@ -67,9 +67,10 @@ pub fn register(d: &Descriptor) {
                 ((r.rseq_area as usize + 4) as *mut u32).write(RSEQ_CPU_ID_REGISTRATION_FAILED)
             };
             if d.rseq_size != 0 {
-                // SAFETY: `rseq_size` is libc's `const unsigned int __rseq_size` (glibc
-                // `sysdeps/nptl/dl-tls_init_tp.c`); it lies in libc's RELRO, which the
-                // builder maps writable until `protect::seal` (builder `writer.rs`, `written`).
+                // SAFETY: `rseq_size` is ld.so's `const unsigned int __rseq_size` (glibc
+                // `sysdeps/nptl/dl-tls_init_tp.c`, which writes it the same way); it lies in
+                // ld.so's RELRO, which the builder maps writable until `protect::seal`
+                // (builder `writer.rs`, `written`).
                 unsafe { (d.rseq_size as usize as *mut u32).write(0) };
             }
         }

@@ -689,17 +689,15 @@ fn run(
     let enable_secure = crate::symbols::lookup_dynsym(&interp_path, "__libc_enable_secure")
         .map(|v| v + ldso_base)
         .unwrap_or(0);
-    // libc's `__rseq_size` (glibc 2.35+, `sysdeps/nptl/dl-tls_init_tp.c`): the stub zeroes
-    // it when this run's kernel refuses the rseq registration, as glibc does.
+    // `__rseq_size` (glibc 2.35+; defined in ld.so, `sysdeps/nptl/dl-tls_init_tp.c`): the
+    // stub zeroes it when this run's kernel refuses the rseq registration, as glibc does.
+    // A program that reads it has its own copy (a copy relocation), which ld.so's look-up
+    // finds first and everybody uses: that copy is the one to zero.
     let rseq_size = objects
         .iter()
-        .filter(|o| {
-            std::path::Path::new(&o.path)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libc.so"))
-        })
-        .find_map(|o| crate::symbols::lookup_dynsym(&o.path, "__rseq_size").map(|v| v + o.base))
+        .find(|o| o.path == exe_path)
+        .and_then(|o| crate::symbols::defined_at(&o.path, o.base, "__rseq_size"))
+        .or_else(|| crate::symbols::defined_at(&interp_path, ldso_base, "__rseq_size"))
         .unwrap_or(0);
     // The stack is executable when ld.so made it so (glibc `elf/dl-load.c`,
     // `_dl_map_object_from_fd`: a library's PT_GNU_STACK asks for PF_X), or when the
