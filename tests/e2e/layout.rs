@@ -5,47 +5,18 @@
 //! Every child process runs under `timeout`: a hung child is a failed test with its output.
 use elfpack_tests::{elfpack, require, scratch, test_env, Arch, Run};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// The most program headers an output may have (kernels before 6.17 accept one page).
 const MAX_PHDRS: usize = 32;
 /// Seconds any child may run.
 const CHILD_TIMEOUT: u32 = 120;
 
-/// Runs `cmd` under `timeout`; returns its output. A timeout shows as exit status 124.
-fn run(mut cmd: Command) -> Run {
-    let mut t = Command::new(require("timeout"));
-    t.arg("-k")
-        .arg("5")
-        .arg(CHILD_TIMEOUT.to_string())
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    if let Some(d) = cmd.get_current_dir() {
-        t.current_dir(d);
-    }
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => t.env(k, v),
-            None => t.env_remove(k),
-        };
-    }
-    let out = t
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let r = Run {
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        code: out.status.code(),
-    };
-    assert_ne!(
-        r.code,
-        Some(124),
-        "{cmd:?} timed out after {CHILD_TIMEOUT} s\nstdout: {}\nstderr: {}",
-        r.stdout,
-        r.stderr
-    );
-    r
+#[path = "timeout_run.rs"]
+mod timeout_run;
+
+fn run(cmd: Command) -> Run {
+    timeout_run::run_with_timeout(&cmd, CHILD_TIMEOUT, None)
 }
 
 /// Compiles C sources with the system C compiler (`-m32` for i386).
