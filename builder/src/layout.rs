@@ -234,8 +234,8 @@ fn evaluate(p: &[Piece], first: usize, last: usize) -> Eval {
     }
 }
 
-/// Plans at most `budget` segments for `pieces`; `None` if that is impossible (it never
-/// is for a budget of one or more: everything can be one segment).
+/// Plans at most `budget` segments (at least one) for `pieces`: always possible, since
+/// all pieces can be one segment, its holes unmapped by the stub.
 pub fn plan(pieces: Vec<Piece>, budget: usize) -> Plan {
     // Initial segments: one per piece, holes excluded.
     let mut segs: Vec<(usize, usize)> = (0..pieces.len())

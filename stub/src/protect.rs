@@ -12,13 +12,16 @@ use elfpack_stub::abi::{Descriptor, Protect, PROT_UNMAP};
 pub fn seal(d: &'static Descriptor) {
     for p in desc::table::<Protect>(d, d.protect) {
         if p.prot == PROT_UNMAP {
-            // SAFETY: the range lies between two image regions: the captured process had
-            // nothing mapped there, and nothing refers to it.
+            // SAFETY: the range lies between two image regions inside a segment the kernel
+            // mapped from this file (builder `layout.rs`): the captured process had nothing
+            // mapped there, so nothing refers to it. munmap of part of a mapping splits it
+            // (linux `mm/mmap.c`, `do_vmi_munmap`), leaving the regions around it intact.
             let ret = unsafe { sys::munmap(p.addr as usize, p.len as usize) };
             fail::check(ret, "cannot unmap a hole in the image");
             continue;
         }
-        // SAFETY: the ranges are the image's own pages, not the stub's code or stack.
+        // SAFETY: the ranges are the image's own pages, not the stub's code or stack; the
+        // stub writes nothing into them after this (linux `mm/mprotect.c`, `do_mprotect_pkey`).
         let ret = unsafe { sys::mprotect(p.addr as usize, p.len as usize, p.prot) };
         fail::check(ret, "cannot set the protection of an image region");
     }
