@@ -162,7 +162,10 @@ fn wait_bounded(mut child: std::process::Child, stdin: &[u8], secs: u32) -> std:
         while !flag.load(std::sync::atomic::Ordering::SeqCst) {
             if start.elapsed().as_secs() >= u64::from(secs) {
                 // Our own child, not yet reaped (the main thread is still waiting).
-                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 return true;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -464,7 +467,9 @@ fn debian_12_kernel_6_1_runs_packed_programs() {
 fn a_kernel_older_than_the_minimum_gets_one_line_and_127() {
     for arch in [Arch::X86_64, Arch::I386] {
         let orig = fixture(&format!("fixture-{}-pie", arch.name()));
-        let packed = elfpack_tests::packed(&orig, &[]);
+        let dir = scratch();
+        let packed = dir.path().join("packed");
+        pack(&orig, &packed, &[]);
         // The packed file says what it needs: glibc 2.36's ABI tag asks for 3.2.
         let mut c = Command::new(elfpack());
         c.arg("inspect").arg("--json").arg(&packed);
@@ -513,7 +518,9 @@ fn refused_rseq_reads_as_not_registered() {
     for arch in [Arch::X86_64, Arch::I386] {
         for pie in ["pie", "nopie"] {
             let orig = fixture(&format!("fixture-{}-{pie}", arch.name()));
-            let packed = elfpack_tests::packed(&orig, &[]);
+            let dir = scratch();
+            let packed = dir.path().join("packed");
+            pack(&orig, &packed, &[]);
             for case in ["rseq", "getcpu"] {
                 // Pinned, so that both runs are on the same CPU.
                 let q = |prog: &Path| {
