@@ -37,6 +37,7 @@ pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
     // 1. Read this run's argc, argv, envp and auxv.
     // SAFETY: forwarded from the caller.
     let mut st = unsafe { stack::InitialStack::read(sp) };
+    arch::use_vsyscall(&st);
     let t0 = trace::start(&st);
     // 2. The initial stack for `_dl_start_user`: this run's argv and envp, the auxv
     //    entries that describe the program set to the original program's values.
