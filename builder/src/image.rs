@@ -67,9 +67,6 @@ impl Data {
 }
 
 impl Region {
-    pub fn len(&self) -> u64 {
-        self.end - self.start
-    }
     pub fn contains(&self, addr: u64) -> bool {
         self.start <= addr && addr < self.end
     }
@@ -129,11 +126,15 @@ pub struct Image {
     pub regs: abi::Registrations,
     pub mm: abi::MmLayout,
     pub enable_secure: u64,
+    /// Address of `__rseq_size` (ld.so, glibc 2.35+), or 0.
+    pub rseq_size: u64,
     pub fixups: Vec<Fixup>,
     pub vdso: Option<Vdso>,
-    /// PT_GNU_STACK flags of the original program; `None` when it has none, and the kernel
-    /// then gives i386 programs READ_IMPLIES_EXEC (linux `arch/x86/include/asm/elf.h`,
-    /// `elf_read_implies_exec`), which the output keeps by having none either.
+    /// PT_GNU_STACK flags of the output: executable exactly when the captured process's
+    /// stack was (ld.so makes it so for a library whose PT_GNU_STACK asks for it). `None`
+    /// when the program has no PT_GNU_STACK: the kernel then gives i386 programs
+    /// READ_IMPLIES_EXEC (linux `arch/x86/include/asm/elf.h`, `elf_read_implies_exec`),
+    /// which the output keeps by having none either.
     pub stack_flags: Option<u32>,
     /// The capture ran with READ_IMPLIES_EXEC: every mapping is executable, so the
     /// protection does not tell code from data.
@@ -141,6 +142,8 @@ pub struct Image {
     pub objects: Vec<Object>,
     pub cpu_needs: u64,
     pub cpu_level: String,
+    /// The oldest kernel the image runs on (`abi::kernel_version`).
+    pub min_kernel: u32,
 }
 
 impl Image {

@@ -55,6 +55,7 @@ pub fn run(path: &Path, json: bool) -> Result<()> {
         m.cpu_level,
         m.cpu_needs.join(", ")
     );
+    println!("runs on: Linux {} or later", m.min_kernel);
     let id = |b: &Option<String>| b.clone().unwrap_or_else(|| "-".into());
     println!(
         "program: {} (build-id {})",

@@ -11,6 +11,7 @@ mod files;
 mod fixups;
 mod image;
 mod inspect;
+mod layout;
 mod meta;
 mod normalize;
 mod program;
@@ -332,6 +333,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     image.fixups.sort_by_key(|f| f.addr);
     let unknown = vdso::find_entries(&mut image)?;
     image.cpu_needs = plan.needs;
+    image.min_kernel = meta::min_kernel(&image.objects);
     image.cpu_level = plan.name.clone();
     let t_symbols = Instant::now();
     let symbols = if a.strip {

@@ -19,6 +19,9 @@ pub struct Meta {
     pub arch: String,
     pub cpu_level: String,
     pub cpu_needs: Vec<String>,
+    /// The oldest Linux release the packed file runs on ("3.2"); the stub refuses older.
+    #[serde(default)]
+    pub min_kernel: String,
     pub program: Library,
     pub captured_with: CapturedWith,
     pub libraries: Vec<Library>,
@@ -91,6 +94,57 @@ pub fn build_id(bytes: &[u8], elf: &Elf) -> Option<String> {
         .filter_map(Result::ok)
         .find(|n| n.n_type == goblin::elf::note::NT_GNU_BUILD_ID && n.name == "GNU")
         .map(|n| n.desc.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The kernel version of an ELF file's GNU ABI tag (`.note.ABI-tag`, NT_GNU_ABI_TAG: OS 0
+/// is Linux, then major, minor, patch), as `abi::kernel_version` encodes it.
+pub fn abi_tag(bytes: &[u8], elf: &Elf) -> Option<u32> {
+    let n = elf
+        .iter_note_headers(bytes)?
+        .filter_map(Result::ok)
+        .find(|n| n.n_type == goblin::elf::note::NT_GNU_ABI_TAG && n.name == "GNU")?;
+    let w: Vec<u32> = n
+        .desc
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    match w[..] {
+        [0, major, minor, patch, ..] => Some(elfpack_stub::abi::kernel_version(
+            major.min(255),
+            minor.min(255),
+            patch,
+        )),
+        _ => None,
+    }
+}
+
+/// The oldest kernel every restore step and every object of the image work on: the
+/// stub's own floor ([`STUB_MIN_KERNEL`]), raised by the objects' ABI tags (glibc 2.36's
+/// libc and ld.so say 3.2.0). ld.so checked the tag at capture; a packed program resumes
+/// after that check, so the stub makes it.
+pub fn min_kernel(objects: &[crate::image::Object]) -> u32 {
+    objects
+        .iter()
+        .filter_map(|o| {
+            let bytes = crate::files::map(&o.path).ok()?;
+            let elf = Elf::parse(&bytes).ok()?;
+            abi_tag(&bytes, &elf)
+        })
+        .fold(STUB_MIN_KERNEL, u32::max)
+}
+
+/// The stub needs AT_RANDOM (2.6.29) and `set_robust_list` (2.6.17); glibc 2.26 and
+/// later need 3.2 on x86 anyway, so that is the floor.
+pub const STUB_MIN_KERNEL: u32 = elfpack_stub::abi::kernel_version(3, 2, 0);
+
+/// "3.2" or "4.18.1" for a version `abi::kernel_version` encoded.
+pub fn kernel_string(v: u32) -> String {
+    let (major, minor, patch) = (v >> 16, (v >> 8) & 0xff, v & 0xff);
+    if patch == 0 {
+        format!("{major}.{minor}")
+    } else {
+        format!("{major}.{minor}.{patch}")
+    }
 }
 
 /// glibc's version, from the "release version X.Y" string inside libc.so.6.
@@ -179,6 +233,7 @@ pub fn build(
             .filter(|s| !s.is_empty())
             .map(String::from)
             .collect(),
+        min_kernel: kernel_string(image.min_kernel),
         program,
         captured_with: CapturedWith {
             kernel,

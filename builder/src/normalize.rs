@@ -98,6 +98,7 @@ mod tests {
             regs: Default::default(),
             mm: Default::default(),
             enable_secure: 0,
+            rseq_size: 0,
             fixups: vec![],
             vdso: None,
             stack_flags: Some(6),
@@ -105,6 +106,7 @@ mod tests {
             objects: vec![],
             cpu_needs: 0,
             cpu_level: String::new(),
+            min_kernel: 0,
         }
     }
 

@@ -11,6 +11,25 @@ pub fn lookup_dynsym(path: &str, name: &str) -> Option<u64> {
         .map(|s| s.st_value)
 }
 
+/// The run-time address of dynamic symbol `name` where the object at `path`, loaded at
+/// `base`, defines it (not merely refers to it); an ET_EXEC's addresses are absolute.
+pub fn defined_at(path: &str, base: u64, name: &str) -> Option<u64> {
+    let bytes = crate::files::map(path).ok()?;
+    let elf = Elf::parse(&bytes).ok()?;
+    let bias = if elf.header.e_type == goblin::elf::header::ET_EXEC {
+        0
+    } else {
+        base
+    };
+    elf.dynsyms
+        .iter()
+        .find(|s| {
+            s.st_shndx != goblin::elf::section_header::SHN_UNDEF as usize
+                && elf.dynstrtab.get_at(s.st_name) == Some(name)
+        })
+        .map(|s| s.st_value + bias)
+}
+
 /// A symbol of the image, at its address in the packed process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageSymbol {

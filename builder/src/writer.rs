@@ -19,10 +19,12 @@ use scroll::Pwrite;
 use std::borrow::Cow;
 use std::os::unix::fs::FileExt;
 
-const PAGE: u64 = 4096;
-/// Zero runs shorter than this many pages stay in the file (each elided run costs a
-/// segment, and the kernel accepts at most 64 KiB of program headers).
-const MIN_ZERO_RUN: usize = 1;
+use crate::layout::{self, Kind, PAGE};
+
+/// The most program headers an output has, whatever the input: well under one page of
+/// headers (73 for ELF64, 128 for ELF32), the most kernels before 6.17 accept (linux
+/// `fs/binfmt_elf.c`, `load_elf_phdrs`).
+pub const MAX_PHDRS: usize = 32;
 
 /// Sizes, for `-v` and `inspect`.
 #[derive(Debug, Default, Clone)]
@@ -38,11 +40,11 @@ pub struct Stats {
 struct Seg<'a> {
     vaddr: u64,
     memsz: u64,
-    /// File contents: borrowed from the image, owned for the stub and the descriptor.
-    data: Cow<'a, [u8]>,
+    filesz: u64,
+    /// File contents as (offset in the segment, bytes), borrowed from the image or owned
+    /// (stub, descriptor); what no part covers reads as zero.
+    parts: Vec<(u64, Cow<'a, [u8]>)>,
     flags: u32,
-    /// The image region it belongs to (none for the stub and the descriptor).
-    region: Option<usize>,
 }
 
 fn pf(prot: u32) -> u32 {
@@ -55,109 +57,60 @@ fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
-/// Splits the image into segments, and lists the protections the stub must set last.
-fn segments(image: &Image, min_zero_run: usize) -> (Vec<Seg<'_>>, Vec<Protect>) {
-    let mut segs = Vec::new();
-    let mut protect = Vec::new();
-    let rw = PROT_READ | PROT_WRITE;
-    for (ri, r) in image.regions.iter().enumerate() {
-        let written = image.fixups.iter().any(|f| r.contains(f.addr));
-        let prot = if written && r.prot & PROT_WRITE == 0 {
-            r.prot | rw
-        } else {
-            r.prot
-        };
-        if prot != r.prot {
-            protect.push(Protect {
-                addr: r.start,
-                len: r.len(),
-                prot: r.prot,
-                _pad: 0,
-            });
-        }
-        let Some(data) = &r.data else {
-            segs.push(Seg {
-                vaddr: r.start,
-                memsz: r.len(),
-                data: Cow::Borrowed(&[]),
-                flags: 0,
-                region: Some(ri),
-            });
-            protect.push(Protect {
-                addr: r.start,
-                len: r.len(),
-                prot: 0,
-                _pad: 0,
-            });
-            continue;
-        };
-        let pages: Vec<&[u8]> = data.chunks(PAGE as usize).collect();
-        let zero: Vec<bool> = pages.iter().map(|p| p.iter().all(|&b| b == 0)).collect();
-        let mut i = 0;
-        while i < pages.len() {
-            let mut j = i;
-            while j < pages.len() && zero[j] == zero[i] {
-                j += 1;
-            }
-            let start = r.start + i as u64 * PAGE;
-            let len = (j - i) as u64 * PAGE;
-            let elide = zero[i] && (j - i >= min_zero_run || (j == pages.len() && prot == rw));
-            if elide {
-                // Trailing zeros of a read-write region extend the previous segment (bss).
-                match segs.last_mut() {
-                    Some(prev)
-                        if prot == rw
-                            && prev.region == Some(ri)
-                            && prev.flags == pf(prot)
-                            && prev.vaddr + prev.memsz == start
-                            && j == pages.len() =>
-                    {
-                        prev.memsz += len
-                    }
-                    _ => {
-                        segs.push(Seg {
-                            vaddr: start,
-                            memsz: len,
-                            data: Cow::Borrowed(&[]),
-                            flags: pf(prot),
-                            region: Some(ri),
-                        });
-                        if prot != rw {
-                            protect.push(Protect {
-                                addr: start,
-                                len,
-                                prot,
-                                _pad: 0,
-                            });
-                        }
-                    }
-                }
-            } else {
-                let end = j * PAGE as usize;
-                match segs.last_mut() {
-                    Some(prev)
-                        if prev.flags == pf(prot)
-                            && prev.region == Some(ri)
-                            && prev.vaddr + prev.memsz == start
-                            && prev.memsz == prev.data.len() as u64 =>
-                    {
-                        let from = (prev.vaddr - r.start) as usize;
-                        prev.data = Cow::Borrowed(&data[from..end]);
-                        prev.memsz += len;
-                    }
-                    _ => segs.push(Seg {
-                        vaddr: start,
-                        memsz: len,
-                        data: Cow::Borrowed(&data[i * PAGE as usize..end]),
-                        flags: pf(prot),
-                        region: Some(ri),
-                    }),
-                }
-            }
-            i = j;
-        }
+/// The addresses the stub writes into before it seals the image.
+fn written(image: &Image) -> Vec<u64> {
+    let mut w: Vec<u64> = image.fixups.iter().map(|f| f.addr).collect();
+    w.extend(
+        [image.enable_secure, image.rseq_size, image.regs.tid_address]
+            .into_iter()
+            .filter(|&a| a != 0),
+    );
+    if image.regs.rseq_area != 0 {
+        w.push(image.regs.rseq_area + 4);
     }
-    (segs, protect)
+    w
+}
+
+/// The segment plan for `image`, with at most `budget` segments.
+fn plan(image: &Image, budget: usize) -> layout::Plan {
+    layout::plan(layout::pieces(image, &written(image)), budget)
+}
+
+/// The segments of a plan, with their bytes borrowed from the image.
+fn image_segments<'a>(image: &'a Image, plan: &layout::Plan) -> Vec<Seg<'a>> {
+    let mut out = Vec::new();
+    for s in &plan.segments {
+        let vaddr = plan.vaddr(s);
+        let mut parts: Vec<(u64, Cow<'a, [u8]>)> = Vec::new();
+        // The region and address range of the last part, to join pieces that follow.
+        let mut last: Option<(usize, u64, u64)> = None;
+        for p in &plan.pieces[s.first..s.file_end] {
+            if p.kind != Kind::Data {
+                continue;
+            }
+            let ri = p.region.expect("data pieces belong to a region");
+            let r = &image.regions[ri];
+            let data = r.data.as_ref().expect("data pieces have data");
+            let from = match last {
+                Some((lr, start, end)) if lr == ri && end == p.start => {
+                    parts.pop();
+                    start
+                }
+                _ => p.start,
+            };
+            let (a, b) = ((from - r.start) as usize, (p.end - r.start) as usize);
+            parts.push((from - vaddr, Cow::Borrowed(&data[a..b])));
+            last = Some((ri, from, p.end));
+        }
+        out.push(Seg {
+            vaddr,
+            memsz: plan.memsz(s),
+            filesz: plan.filesz(s),
+            parts,
+            flags: pf(s.prot),
+        });
+    }
+    out
 }
 
 /// The descriptor blob: header and tables, laid out for address `at`.
@@ -214,7 +167,12 @@ pub fn write(
         .sum::<usize>()
         + image.cpu_level.len()
         + 1;
-    let protect_estimate = segments(image, MIN_ZERO_RUN).1.len();
+    // Program headers: the image's segments, the stub's, the descriptor, PT_GNU_STACK.
+    let budget = MAX_PHDRS
+        .checked_sub(probe.segments.len() + 2)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| other!("internal error: the stub has too many segments"))?;
+    let protect_estimate = plan(image, budget).protect.len();
     let blob_estimate = abi::DESCRIPTOR_SIZE
         + image.fixups.len() * 24
         + vdso_entries.len() * (16 + 8)
@@ -284,7 +242,9 @@ pub fn write(
             .collect::<Vec<_>>(),
     )?;
     let image: &Image = image;
-    let (segs, mut protect) = segments(image, MIN_ZERO_RUN);
+    let plan = plan(image, budget);
+    let segs = image_segments(image, &plan);
+    let mut protect = plan.protect.clone();
     // The descriptor (with the vDSO slots) becomes read-only once the stub is done.
     let blob_len_final = align_up(
         (blob.bytes.len() + (protect.len() + 1) * 24 + strings.len() + 16) as u64,
@@ -331,6 +291,9 @@ pub fn write(
         cpu_level_name,
         resume_kind: image.resume_kind,
         resume_dx: image.resume_dx,
+        rseq_size: image.rseq_size,
+        min_kernel: image.min_kernel,
+        _pad: 0,
     };
     blob.bytes[..abi::DESCRIPTOR_SIZE].copy_from_slice(bytes_of(&d));
 
@@ -340,17 +303,17 @@ pub fn write(
         all.push(Seg {
             vaddr: stub_base + off,
             memsz,
-            data: data.into(),
+            filesz: data.len() as u64,
+            parts: vec![(0, data.into())],
             flags,
-            region: None,
         });
     }
     all.push(Seg {
         vaddr: desc_addr,
         memsz: blob_len_final,
-        data: Cow::Owned(blob.bytes),
+        filesz: blob_len_final,
+        parts: vec![(0, Cow::Owned(blob.bytes))],
         flags: PF_R | PF_W,
-        region: None,
     });
     all.sort_by_key(|s| s.vaddr);
     for w in all.windows(2) {
@@ -385,24 +348,26 @@ pub fn write(
         ..Default::default()
     };
     for s in &all {
-        let offset = if s.data.is_empty() {
+        let offset = if s.filesz == 0 {
             0
         } else {
             let off = align_up(end, PAGE) + (s.vaddr % PAGE);
-            file.write_all_at(&s.data, off)
-                .map_err(|e| other!("writing the output: {e}"))?;
-            end = off + s.data.len() as u64;
+            for (at, bytes) in &s.parts {
+                file.write_all_at(bytes, off + at)
+                    .map_err(|e| other!("writing the output: {e}"))?;
+            }
+            end = off + s.filesz;
             off
         };
-        stats.stored += s.data.len() as u64;
-        stats.zero += s.memsz - s.data.len() as u64;
+        stats.stored += s.filesz;
+        stats.zero += s.memsz - s.filesz;
         phdrs.push(ProgramHeader {
             p_type: PT_LOAD,
             p_flags: s.flags,
             p_offset: offset,
             p_vaddr: s.vaddr,
             p_paddr: s.vaddr,
-            p_filesz: s.data.len() as u64,
+            p_filesz: s.filesz,
             p_memsz: s.memsz,
             p_align: PAGE,
         });
@@ -428,10 +393,16 @@ pub fn write(
     }
     stats.segments = all.len();
     let mut usage = vec![(0u64, 0u64); image.regions.len()];
-    for s in &all {
-        if let Some(r) = s.region {
-            usage[r].0 += s.data.len() as u64;
-            usage[r].1 += s.memsz - s.data.len() as u64;
+    for s in &plan.segments {
+        for (i, p) in plan.pieces.iter().enumerate().take(s.last).skip(s.first) {
+            if let Some(r) = p.region {
+                let len = p.end - p.start;
+                if i < s.file_end {
+                    usage[r].0 += len;
+                } else {
+                    usage[r].1 += len;
+                }
+            }
         }
     }
     let doc = meta(image, &stats, &usage);
@@ -488,7 +459,7 @@ fn append_sections(
         if s.flags & PF_X != 0 {
             flags |= u64::from(SHF_EXECINSTR);
         }
-        let file_backed = !s.data.is_empty();
+        let file_backed = s.filesz != 0;
         shdrs.push(SectionHeader {
             sh_name: image_name,
             sh_type: if file_backed {
@@ -499,11 +470,7 @@ fn append_sections(
             sh_flags: flags,
             sh_addr: s.vaddr,
             sh_offset: 0,
-            sh_size: if file_backed {
-                s.data.len() as u64
-            } else {
-                s.memsz
-            },
+            sh_size: if file_backed { s.filesz } else { s.memsz },
             sh_addralign: PAGE,
             ..Default::default()
         });

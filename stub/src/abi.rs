@@ -7,7 +7,7 @@
 /// First bytes of every descriptor.
 pub const MAGIC: [u8; 8] = *b"ELFPACK\0";
 /// Bumped whenever a layout below changes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// `e_machine` values, used as the descriptor's `arch`.
 pub const ARCH_X86_64: u32 = 62;
@@ -104,6 +104,39 @@ pub struct Descriptor {
     /// For [`RESUME_ENTRY`]: the `%rdx`/`%edx` value (ld.so's `_dl_fini`) the program's
     /// `_start` receives.
     pub resume_dx: u64,
+    /// Address of `__rseq_size` (ld.so, glibc 2.35+), or 0: zeroed when this kernel
+    /// refuses the rseq registration.
+    pub rseq_size: u64,
+    /// The oldest kernel the image runs on, as [`kernel_version`] encodes it.
+    pub min_kernel: u32,
+    pub _pad: u32,
+}
+
+/// A kernel version as one number: `major << 16 | minor << 8 | min(patch, 255)`, as
+/// linux `include/linux/version.h` `KERNEL_VERSION` does.
+pub const fn kernel_version(major: u32, minor: u32, patch: u32) -> u32 {
+    (major << 16) | (minor << 8) | if patch > 255 { 255 } else { patch }
+}
+
+/// The kernel release a `uname` release string starts with ("5.10.0-28-amd64" → 5.10.0);
+/// `None` when it does not start with a number.
+pub fn parse_release(release: &[u8]) -> Option<u32> {
+    let mut parts = [0u32; 3];
+    let mut i = 0;
+    let mut any = false;
+    for &b in release {
+        match b {
+            b'0'..=b'9' => {
+                parts[i] = parts[i]
+                    .saturating_mul(10)
+                    .saturating_add(u32::from(b - b'0'));
+                any = true;
+            }
+            b'.' if i < 2 => i += 1,
+            _ => break,
+        }
+    }
+    any.then(|| kernel_version(parts[0].min(255), parts[1].min(255), parts[2]))
 }
 
 /// Resume at `_dl_start_user`, before the initializers (the normal case).
@@ -214,8 +247,10 @@ pub struct VdsoSlot {
     pub _pad: u32,
 }
 
-/// A range whose protection the stub sets last (`mprotect`), because the kernel maps
-/// zero-fill segments read-write, and because fixups wrote into read-only pages.
+/// A range whose protection the stub sets last (`mprotect`): segments merge regions of
+/// different protections, the kernel maps zero-fill ends read-write, and fixups wrote into
+/// read-only pages. `prot` [`PROT_UNMAP`] means the range is not part of the image and is
+/// unmapped (`munmap`).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Protect {
@@ -224,6 +259,9 @@ pub struct Protect {
     pub prot: u32,
     pub _pad: u32,
 }
+
+/// [`Protect::prot`] of a range to unmap.
+pub const PROT_UNMAP: u32 = u32::MAX;
 
 /// CPU feature bits the stub can check with `cpuid`.
 pub mod cpu {
@@ -290,5 +328,28 @@ pub fn bytes_of<T: Plain>(v: &T) -> &[u8] {
 const _: () = assert!(core::mem::size_of::<Tls>() == 8 + 4 * 4);
 const _: () = assert!(core::mem::size_of::<Registrations>() == 4 * 8 + 2 * 4);
 const _: () = assert!(core::mem::size_of::<MmLayout>() == 6 * 8);
-const _: () =
-    assert!(DESCRIPTOR_SIZE == 8 + 4 + 4 + 6 * 8 + 24 + 40 + 48 + 8 + 8 + 4 * 16 + 8 + 2 * 8);
+const _: () = assert!(
+    DESCRIPTOR_SIZE == 8 + 4 + 4 + 6 * 8 + 24 + 40 + 48 + 8 + 8 + 4 * 16 + 8 + 2 * 8 + 8 + 2 * 4
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases() {
+        assert_eq!(
+            parse_release(b"5.10.0-28-amd64"),
+            Some(kernel_version(5, 10, 0))
+        );
+        assert_eq!(
+            parse_release(b"6.1.0-18-amd64"),
+            Some(kernel_version(6, 1, 0))
+        );
+        assert_eq!(parse_release(b"4.9.337"), Some(kernel_version(4, 9, 255)));
+        assert_eq!(parse_release(b"3.2"), Some(kernel_version(3, 2, 0)));
+        assert_eq!(parse_release(b"6.18.0+\0"), Some(kernel_version(6, 18, 0)));
+        assert_eq!(parse_release(b"x"), None);
+        assert!(kernel_version(3, 18, 0) > kernel_version(3, 2, 140));
+    }
+}

@@ -13,6 +13,7 @@ mod cpu;
 mod desc;
 mod fail;
 mod fixups;
+mod kernel;
 mod line;
 mod mem;
 mod mm;
@@ -29,11 +30,14 @@ mod vdso;
 /// `sp` is the initial stack pointer the kernel passed to the ELF entry point.
 pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
     let d = desc::get();
-    // 0. Refuse a CPU that lacks what the image's code needs.
+    // 0. Refuse a kernel older than the image needs, and a CPU that lacks what the
+    //    image's code needs.
+    kernel::check(d);
     cpu::check(d);
     // 1. Read this run's argc, argv, envp and auxv.
     // SAFETY: forwarded from the caller.
     let mut st = unsafe { stack::InitialStack::read(sp) };
+    arch::use_vsyscall(&st);
     let t0 = trace::start(&st);
     // 2. The initial stack for `_dl_start_user`: this run's argv and envp, the auxv
     //    entries that describe the program set to the original program's values.

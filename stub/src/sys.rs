@@ -27,6 +27,13 @@ pub unsafe fn mprotect(addr: usize, len: usize, prot: u32) -> isize {
 }
 
 /// # Safety
+/// Nothing may use the range afterwards.
+pub unsafe fn munmap(addr: usize, len: usize) -> isize {
+    // SAFETY: forwarded to the caller.
+    unsafe { syscall6(g::__NR_munmap, [addr, len, 0, 0, 0, 0]) }
+}
+
+/// # Safety
 /// The arguments must be valid for the prctl option.
 pub unsafe fn prctl(option: u32, a2: usize, a3: usize, a4: usize, a5: usize) -> isize {
     // SAFETY: forwarded to the caller.

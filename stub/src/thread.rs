@@ -58,11 +58,21 @@ pub fn register(d: &Descriptor) {
             )
         };
         if ret < 0 {
-            // As glibc does when registration fails: sched_getcpu() then asks the kernel.
+            // As glibc does when registration fails (kernels before 4.18 have no rseq;
+            // `sysdeps/nptl/dl-tls_init_tp.c`, `__tls_init_tp`): `cpu_id` says
+            // RSEQ_CPU_ID_REGISTRATION_FAILED and `__rseq_size` 0, so sched_getcpu() and
+            // other users ask the kernel instead of reading the area.
             // SAFETY: `cpu_id` is the second u32 of `struct rseq`.
             unsafe {
                 ((r.rseq_area as usize + 4) as *mut u32).write(RSEQ_CPU_ID_REGISTRATION_FAILED)
             };
+            if d.rseq_size != 0 {
+                // SAFETY: `rseq_size` is ld.so's `const unsigned int __rseq_size` (glibc
+                // `sysdeps/nptl/dl-tls_init_tp.c`, which writes it the same way); it lies in
+                // ld.so's RELRO, which the builder maps writable until `protect::seal`
+                // (builder `writer.rs`, `written`).
+                unsafe { (d.rseq_size as usize as *mut u32).write(0) };
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::error::{capture_err, other, Result};
 use crate::image::{self, Image, Object, Region};
 use crate::program::{Arch, Program};
 use elfpack_stub::abi;
+use goblin::elf::program_header::{PF_R, PF_W, PF_X};
 use nix::sys::signal::Signal;
 use procfs::{Mapping, Memory};
 use std::ffi::OsString;
@@ -614,7 +615,9 @@ fn run(
                             if got != hint {
                                 warnings.push(format!("mmap placed {len:#x} bytes at {got:#x}, not at {hint:#x}"));
                             }
-                            l.cursor = l.cursor.max(align_up(got + len, 0x10000));
+                            // The next hint is the page right after: libraries and ld.so's own
+                            // mappings sit back to back, so the image has few holes and few segments.
+                            l.cursor = l.cursor.max(align_up(got + len, 0x1000));
                         }
                     }
                 }
@@ -794,6 +797,29 @@ fn run(
     let enable_secure = crate::symbols::lookup_dynsym(&interp_path, "__libc_enable_secure")
         .map(|v| v + ldso_base)
         .unwrap_or(0);
+    // `__rseq_size` (glibc 2.35+; defined in ld.so, `sysdeps/nptl/dl-tls_init_tp.c`): the
+    // stub zeroes it when this run's kernel refuses the rseq registration, as glibc does.
+    // A program that reads it has its own copy (a copy relocation), which ld.so's look-up
+    // finds first and everybody uses: that copy is the one to zero.
+    let rseq_size = objects
+        .iter()
+        .find(|o| o.path == exe_path)
+        .and_then(|o| crate::symbols::defined_at(&o.path, o.base, "__rseq_size"))
+        .or_else(|| crate::symbols::defined_at(&interp_path, ldso_base, "__rseq_size"))
+        .unwrap_or(0);
+    // The stack is executable when ld.so made it so (glibc `elf/dl-load.c`,
+    // `_dl_map_object_from_fd`: a library's PT_GNU_STACK asks for PF_X), or when the
+    // program's own PT_GNU_STACK did; the output asks the kernel for the same.
+    let stack_exec = maps
+        .iter()
+        .find(|m| m.start <= stack.sp && stack.sp < m.end)
+        .map_or(prog.stack_flags.is_none_or(|f| f & PF_X != 0), |m| {
+            m.prot & image::PROT_EXEC != 0
+        });
+    // A program without PT_GNU_STACK keeps having none (see `Image::stack_flags`).
+    let stack_flags = prog
+        .stack_flags
+        .map(|_| PF_R | PF_W | if stack_exec { PF_X } else { 0 });
     let image = Image {
         arch: prog.arch,
         regions,
@@ -816,17 +842,19 @@ fn run(
             brk,
         },
         enable_secure,
+        rseq_size,
         fixups: Vec::new(),
         vdso: vdso.map(|(start, end)| image::Vdso {
             start,
             end,
             entries: Vec::new(),
         }),
-        stack_flags: prog.stack_flags,
+        stack_flags,
         read_implies_exec,
         objects,
         cpu_needs: 0,
         cpu_level: String::new(),
+        min_kernel: 0,
     };
     Ok(Captured {
         image,

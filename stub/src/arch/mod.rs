@@ -1,5 +1,5 @@
 //! Per-architecture code. Each module provides the same items: `_start`, `syscall6`,
-//! `set_thread_pointer`, `resume`, `vdso_fallback`, `cpuid`, `xgetbv0`.
+//! `use_vsyscall`, `set_thread_pointer`, `resume`, `vdso_fallback`, `cpuid`, `xgetbv0`.
 
 #[cfg(target_arch = "x86")]
 mod x86;

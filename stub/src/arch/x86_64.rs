@@ -46,6 +46,9 @@ pub unsafe fn syscall6(nr: u32, a: [usize; 6]) -> isize {
     ret
 }
 
+/// x86-64 system calls are `syscall` already: nothing to choose (see the i386 version).
+pub fn use_vsyscall(_st: &crate::stack::InitialStack) {}
+
 /// Installs the thread pointer that ld.so set up at capture.
 pub fn set_thread_pointer(tls: &elfpack_stub::abi::Tls) -> isize {
     // SAFETY: arch_prctl(ARCH_SET_FS) only loads the FS base register (linux

@@ -1,0 +1,468 @@
+//! The segment plan: which PT_LOADs the image becomes, and which ranges the stub must
+//! protect (or unmap) before it resumes.
+//!
+//! Kernels before 6.17 refuse a program-header table larger than one page (linux
+//! `fs/binfmt_elf.c`, `load_elf_phdrs`: 73 headers for ELF64, 128 for ELF32), and a
+//! program with 200 libraries has over 1000 regions. So regions are merged into at most a
+//! fixed number of PT_LOADs. A PT_LOAD maps its file bytes with one protection and
+//! zero-fills only its end (`p_filesz < p_memsz`), so the plan works on *pieces*:
+//!
+//! * a run of stored pages (data), or of zero pages (zero), of one region;
+//! * a PROT_NONE region (never stored: its contents are unreadable);
+//! * a hole: an address range between two regions that is not part of the image.
+//!
+//! A segment is a run of consecutive pieces that neither starts nor ends with a hole. Its
+//! file part runs up to its last data piece; zero pieces and holes inside that part are
+//! stored as zero bytes, and what follows is zero-filled. The kernel maps the file part
+//! with the segment's flags and the zero-filled end read-write (plus execute when the
+//! flags have it: `elf_load`/`set_brk`, `vm_brk_flags`); qemu-user maps the end with the
+//! segment's flags. Every piece whose mapped protection differs from the captured one gets
+//! a [`Protect`] entry that the stub applies last, and every covered hole an unmap entry.
+//!
+//! Merging starts from one segment per piece. Merges that cost nothing (same protection,
+//! nothing stored that was not before, no entry) are always made; then, while the plan is
+//! over its budget, the cheapest merge is made. A merge costs the zero bytes it stores and
+//! the system calls the stub makes at every start; the page-to-call rate below prefers
+//! splitting at big zero runs (bss, reserved ranges) and merging across small ones.
+use crate::image::{Image, PROT_EXEC, PROT_READ, PROT_WRITE};
+use elfpack_stub::abi::{Protect, PROT_UNMAP};
+
+pub const PAGE: u64 = 4096;
+/// The cost of one `mprotect`/`munmap` at every start, in stored zero pages.
+const CALL_COST: u64 = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Stored pages (not all zero).
+    Data,
+    /// Zero pages of a readable region.
+    Zero,
+    /// A PROT_NONE region: zero-filled, then made inaccessible.
+    Reserved,
+    /// Not part of the image.
+    Hole,
+}
+
+#[derive(Clone, Debug)]
+pub struct Piece {
+    pub start: u64,
+    pub end: u64,
+    pub kind: Kind,
+    /// The captured protection (0 for reserved ranges and holes).
+    pub prot: u32,
+    /// The region the piece belongs to (none for holes).
+    pub region: Option<usize>,
+    /// The stub writes into it before it sets the final protections.
+    pub written: bool,
+}
+
+impl Piece {
+    fn len(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
+/// One PT_LOAD of the plan: pieces `first..last` (exclusive), of which `first..file_end`
+/// are stored in the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub first: usize,
+    pub last: usize,
+    pub file_end: usize,
+    /// PROT_* bits of the PT_LOAD.
+    pub prot: u32,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub pieces: Vec<Piece>,
+    pub segments: Vec<Segment>,
+    /// Sorted by address, adjacent entries with the same protection joined.
+    pub protect: Vec<Protect>,
+}
+
+impl Plan {
+    pub fn vaddr(&self, s: &Segment) -> u64 {
+        self.pieces[s.first].start
+    }
+    pub fn memsz(&self, s: &Segment) -> u64 {
+        self.pieces[s.last - 1].end - self.pieces[s.first].start
+    }
+    pub fn filesz(&self, s: &Segment) -> u64 {
+        if s.file_end == s.first {
+            0
+        } else {
+            self.pieces[s.file_end - 1].end - self.pieces[s.first].start
+        }
+    }
+}
+
+/// Splits the image into pieces. `written` are the addresses the stub writes to.
+pub fn pieces(image: &Image, written: &[u64]) -> Vec<Piece> {
+    let mut order: Vec<usize> = (0..image.regions.len()).collect();
+    order.sort_by_key(|&i| image.regions[i].start);
+    let mut written: Vec<u64> = written.to_vec();
+    written.sort_unstable();
+    let any_written = |a: u64, b: u64| {
+        let i = written.partition_point(|&w| w < a);
+        i < written.len() && written[i] < b
+    };
+    let mut out: Vec<Piece> = Vec::new();
+    for ri in order {
+        let r = &image.regions[ri];
+        if let Some(prev) = out.last() {
+            if prev.end < r.start {
+                out.push(Piece {
+                    start: prev.end,
+                    end: r.start,
+                    kind: Kind::Hole,
+                    prot: 0,
+                    region: None,
+                    written: false,
+                });
+            }
+        }
+        let Some(data) = &r.data else {
+            out.push(Piece {
+                start: r.start,
+                end: r.end,
+                kind: Kind::Reserved,
+                prot: 0,
+                region: Some(ri),
+                written: false,
+            });
+            continue;
+        };
+        let zero: Vec<bool> = data
+            .chunks(PAGE as usize)
+            .map(|p| p.iter().all(|&b| b == 0))
+            .collect();
+        let mut i = 0;
+        while i < zero.len() {
+            let mut j = i;
+            while j < zero.len() && zero[j] == zero[i] {
+                j += 1;
+            }
+            let (start, end) = (r.start + i as u64 * PAGE, r.start + j as u64 * PAGE);
+            out.push(Piece {
+                start,
+                end,
+                kind: if zero[i] { Kind::Zero } else { Kind::Data },
+                prot: r.prot,
+                region: Some(ri),
+                written: any_written(start, end),
+            });
+            i = j;
+        }
+    }
+    out
+}
+
+/// What a segment of pieces `first..last` costs, and how it is mapped.
+struct Eval {
+    file_end: usize,
+    prot: u32,
+    /// Zero pages stored in the file.
+    stored_zero: u64,
+    /// Entries for the stub (before joining neighbours).
+    calls: u64,
+}
+
+impl Eval {
+    fn cost(&self) -> u64 {
+        self.stored_zero + CALL_COST * self.calls
+    }
+}
+
+/// The protection a zero-filled end gets from the kernel (read-write, plus execute when
+/// the segment has it), or `None` when the kernel and qemu-user disagree for `prot`.
+fn tail_prot(prot: u32) -> Option<u32> {
+    let k = PROT_READ | PROT_WRITE | (prot & PROT_EXEC);
+    (k == prot).then_some(k)
+}
+
+fn evaluate(p: &[Piece], first: usize, last: usize) -> Eval {
+    let seg = &p[first..last];
+    let file_end = first
+        + seg
+            .iter()
+            .rposition(|x| x.kind == Kind::Data)
+            .map_or(0, |i| i + 1);
+    let needs_write = seg.iter().any(|x| x.written);
+    let w = if needs_write { PROT_WRITE } else { 0 };
+    let file = &p[first..file_end];
+    let tail = &p[file_end..last];
+    // Candidate flags: each captured protection present (plus write when needed).
+    let calls_for = |prot: u32| -> u64 {
+        let tp = tail_prot(prot);
+        let file_calls = file
+            .iter()
+            .filter(|x| x.kind == Kind::Hole || x.prot != prot)
+            .count();
+        let tail_calls = tail
+            .iter()
+            .filter(|x| x.kind == Kind::Hole || Some(x.prot) != tp)
+            .count();
+        (file_calls + tail_calls) as u64
+    };
+    let mut best: Option<(u64, u32)> = None;
+    let mut seen = 0u32;
+    for x in seg.iter().filter(|x| x.kind != Kind::Hole && x.prot != 0) {
+        let c = x.prot | w;
+        if seen & (1 << c) == 0 {
+            seen |= 1 << c;
+            let calls = calls_for(c);
+            if best.is_none_or(|(b, _)| calls < b) {
+                best = Some((calls, c));
+            }
+        }
+    }
+    let (calls, prot) = best.unwrap_or_else(|| {
+        let rw = PROT_READ | PROT_WRITE;
+        (calls_for(rw), rw)
+    });
+    let stored_zero = file
+        .iter()
+        .filter(|x| x.kind != Kind::Data)
+        .map(|x| x.len() / PAGE)
+        .sum();
+    Eval {
+        file_end,
+        prot,
+        stored_zero,
+        calls,
+    }
+}
+
+/// Plans at most `budget` segments (at least one) for `pieces`: always possible, since
+/// all pieces can be one segment, its holes unmapped by the stub.
+pub fn plan(pieces: Vec<Piece>, budget: usize) -> Plan {
+    // Initial segments: one per piece, holes excluded.
+    let mut segs: Vec<(usize, usize)> = (0..pieces.len())
+        .filter(|&i| pieces[i].kind != Kind::Hole)
+        .map(|i| (i, i + 1))
+        .collect();
+    let mut cost: Vec<u64> = segs
+        .iter()
+        .map(|&(a, b)| evaluate(&pieces, a, b).cost())
+        .collect();
+    let delta = |segs: &[(usize, usize)], cost: &[u64], i: usize| -> i64 {
+        let m = evaluate(&pieces, segs[i].0, segs[i + 1].1).cost();
+        m as i64 - cost[i] as i64 - cost[i + 1] as i64
+    };
+    let mut deltas: Vec<i64> = (0..segs.len().saturating_sub(1))
+        .map(|i| delta(&segs, &cost, i))
+        .collect();
+    loop {
+        let over = segs.len() > budget;
+        let pick = deltas
+            .iter()
+            .enumerate()
+            .filter(|(i, &d)| {
+                // Free merges only between touching segments: a hole is never free.
+                over || (d <= 0 && segs[*i].1 == segs[*i + 1].0)
+            })
+            .min_by_key(|(_, &d)| d)
+            .map(|(i, _)| i);
+        let Some(i) = pick else { break };
+        segs[i].1 = segs[i + 1].1;
+        segs.remove(i + 1);
+        cost[i] = evaluate(&pieces, segs[i].0, segs[i].1).cost();
+        cost.remove(i + 1);
+        deltas.remove(i);
+        if i < deltas.len() {
+            deltas[i] = delta(&segs, &cost, i);
+        }
+        if i > 0 {
+            deltas[i - 1] = delta(&segs, &cost, i - 1);
+        }
+    }
+    let mut segments = Vec::new();
+    let mut protect: Vec<Protect> = Vec::new();
+    for &(first, last) in &segs {
+        let e = evaluate(&pieces, first, last);
+        let tp = tail_prot(e.prot);
+        for (i, x) in pieces.iter().enumerate().take(last).skip(first) {
+            let mapped = if i < e.file_end { Some(e.prot) } else { tp };
+            let want = if x.kind == Kind::Hole {
+                PROT_UNMAP
+            } else {
+                x.prot
+            };
+            if x.kind == Kind::Hole || Some(want) != mapped {
+                match protect.last_mut() {
+                    Some(p) if p.prot == want && p.addr + p.len == x.start => p.len += x.len(),
+                    _ => protect.push(Protect {
+                        addr: x.start,
+                        len: x.len(),
+                        prot: want,
+                        _pad: 0,
+                    }),
+                }
+            }
+        }
+        segments.push(Segment {
+            first,
+            last,
+            file_end: e.file_end,
+            prot: e.prot,
+        });
+    }
+    Plan {
+        pieces,
+        segments,
+        protect,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(start: u64, pages: u64, kind: Kind, prot: u32) -> Piece {
+        Piece {
+            start: start * PAGE,
+            end: (start + pages) * PAGE,
+            kind,
+            prot,
+            region: Some(0),
+            written: false,
+        }
+    }
+    const R: u32 = PROT_READ;
+    const RW: u32 = PROT_READ | PROT_WRITE;
+    const RX: u32 = PROT_READ | PROT_EXEC;
+
+    /// A library as ld.so maps it: headers, text, rodata, RELRO, data, bss.
+    fn library(at: u64) -> Vec<Piece> {
+        vec![
+            piece(at, 2, Kind::Data, R),
+            piece(at + 2, 8, Kind::Data, RX),
+            piece(at + 10, 3, Kind::Data, R),
+            piece(at + 13, 1, Kind::Data, R),
+            piece(at + 14, 1, Kind::Data, RW),
+            piece(at + 15, 40, Kind::Zero, RW),
+        ]
+    }
+
+    fn check(plan: &Plan) {
+        // Segments cover the pieces in order, never start or end with a hole, and every
+        // hole inside a segment is unmapped by the stub.
+        let mut next = 0;
+        for s in &plan.segments {
+            while plan.pieces[next].kind == Kind::Hole && next < s.first {
+                next += 1;
+            }
+            assert_eq!(s.first, next);
+            assert_ne!(plan.pieces[s.first].kind, Kind::Hole);
+            assert_ne!(plan.pieces[s.last - 1].kind, Kind::Hole);
+            assert!(plan.pieces[s.file_end..s.last]
+                .iter()
+                .all(|p| p.kind != Kind::Data));
+            next = s.last;
+        }
+        for p in plan.pieces.iter().filter(|p| p.kind == Kind::Hole) {
+            let inside = plan
+                .segments
+                .iter()
+                .any(|s| plan.vaddr(s) <= p.start && p.end <= plan.vaddr(s) + plan.memsz(s));
+            let unmapped = plan
+                .protect
+                .iter()
+                .any(|e| e.prot == PROT_UNMAP && e.addr <= p.start && p.end <= e.addr + e.len);
+            assert_eq!(inside, unmapped, "hole {:#x}", p.start);
+        }
+        // Every non-hole page ends with its captured protection.
+        for (si, s) in plan.segments.iter().enumerate() {
+            for i in s.first..s.last {
+                let p = &plan.pieces[i];
+                if p.kind == Kind::Hole {
+                    continue;
+                }
+                let mapped = if i < s.file_end {
+                    Some(s.prot)
+                } else {
+                    tail_prot(s.prot)
+                };
+                let fixed = plan
+                    .protect
+                    .iter()
+                    .find(|e| e.addr <= p.start && p.end <= e.addr + e.len)
+                    .map(|e| e.prot);
+                assert_eq!(fixed.or(mapped), Some(p.prot), "segment {si} piece {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn under_budget_keeps_one_segment_per_protection() {
+        let plan = plan(library(16), 32);
+        check(&plan);
+        // r-- and r-- merge; the rest stays apart, with the bss as the zero-filled end.
+        assert_eq!(plan.segments.len(), 4);
+        assert!(plan.protect.is_empty());
+        let last = plan.segments.last().unwrap();
+        assert_eq!(plan.filesz(last), PAGE);
+        assert_eq!(plan.memsz(last), 41 * PAGE);
+    }
+
+    #[test]
+    fn two_hundred_libraries_fit_the_budget_and_big_zero_runs_stay_unstored() {
+        // Libraries back to back, as the capture lays them out, with one hole in the
+        // middle; library 100 has a big bss (1000 pages), the others 40 pages.
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut at = 16;
+        let mut big = 0;
+        for l in 0..200 {
+            if l == 150 {
+                pieces.push(piece(at, 5000, Kind::Hole, 0));
+                at += 5000;
+            }
+            let mut lib = library(at);
+            if l == 100 {
+                lib[5].end = lib[5].start + 1000 * PAGE;
+                big = pieces.len() + 5;
+            }
+            at = lib[5].end / PAGE;
+            pieces.extend(lib);
+        }
+        let plan = plan(pieces, 27);
+        check(&plan);
+        assert!(plan.segments.len() <= 27);
+        let stored = |i: usize| plan.segments.iter().any(|s| s.first <= i && i < s.file_end);
+        assert!(plan.protect.iter().all(|e| e.prot != PROT_UNMAP));
+        assert!(!stored(big));
+    }
+
+    #[test]
+    fn holes_are_split_first_and_unmapped_when_covered() {
+        let mut pieces = library(16);
+        pieces.push(piece(71, 9, Kind::Hole, 0));
+        pieces.extend(library(80));
+        let wide = plan(pieces.clone(), 32);
+        check(&wide);
+        assert!(wide.protect.iter().all(|e| e.prot != PROT_UNMAP));
+        let tight = plan(pieces, 1);
+        check(&tight);
+        assert_eq!(tight.segments.len(), 1);
+        assert!(tight.protect.iter().any(|e| e.prot == PROT_UNMAP));
+    }
+
+    #[test]
+    fn written_read_only_pages_are_mapped_writable_then_sealed() {
+        let mut pieces = library(16);
+        pieces[3].written = true;
+        let plan = plan(pieces, 32);
+        check(&plan);
+        let relro = plan
+            .segments
+            .iter()
+            .find(|s| s.first <= 3 && 3 < s.last)
+            .unwrap();
+        assert_ne!(relro.prot & PROT_WRITE, 0);
+        assert!(plan
+            .protect
+            .iter()
+            .any(|e| e.addr == 29 * PAGE && e.prot == R));
+    }
+}
