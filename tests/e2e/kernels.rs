@@ -11,22 +11,25 @@
 //!
 //! `tests/setup --tests` downloads the kernels and busybox once into
 //! `${XDG_CACHE_HOME:-$HOME/.cache}/elfpack-tests/`; a missing one fails these tests.
-use elfpack_tests::{elfpack, fixture, require, scratch, test_env, Arch, Run};
+use elfpack_tests::{
+    elfpack, fixture, require, run_cmd_within, scratch, spawn, test_env, wait_output_within, Arch,
+    Run,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-#[path = "timeout_run.rs"]
-mod timeout_run;
-use timeout_run::run_with_timeout;
-
 /// Seconds for a host child (packing ffmpeg included).
-const CHILD_TIMEOUT: u32 = 300;
+const CHILD_TIMEOUT: u64 = 300;
 /// Seconds for one boot with every program (TCG is 10–30× slower than native).
-const BOOT_TIMEOUT: u32 = 900;
+const BOOT_TIMEOUT: u64 = 900;
 
-fn run(cmd: &Command, stdin: Option<&[u8]>) -> Run {
-    run_with_timeout(cmd, CHILD_TIMEOUT, stdin)
+fn run(cmd: Command, stdin: Option<&[u8]>) -> Run {
+    run_cmd_within(
+        cmd,
+        stdin.unwrap_or_default(),
+        std::time::Duration::from_secs(CHILD_TIMEOUT),
+    )
 }
 
 fn cache_dir() -> PathBuf {
@@ -94,7 +97,7 @@ struct Suite {
 fn md5(bytes: &[u8]) -> String {
     let mut c = Command::new(require("md5sum"));
     c.env_clear();
-    let r = run(&c, Some(bytes));
+    let r = run(c, Some(bytes));
     assert_eq!(r.code, Some(0));
     r.stdout
 }
@@ -107,7 +110,7 @@ fn pack(input: &Path, output: &Path, extra: &[&str]) {
         .arg(output)
         .arg("-q")
         .args(extra);
-    let r = run(&c, None);
+    let r = run(c, None);
     assert_eq!(
         r.code,
         Some(0),
@@ -126,15 +129,19 @@ fn host_run(orig: &Path, file: &str, args: &[String], stdin: &[u8], md5_out: boo
         .args(args)
         .env_clear()
         .envs(test_env());
-    // Through `timeout`, argv[0] is the path; the fixtures print argv[0], so they run
-    // directly, bounded by their own short work (no case waits for input it lacks).
-    let out = c
-        .stdin(std::process::Stdio::piped())
+    // The raw bytes, for the MD5 of binary output.
+    c.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", orig.display()));
-    let out = wait_bounded(out, stdin, CHILD_TIMEOUT);
+        .stderr(std::process::Stdio::piped());
+    let mut child = spawn(&mut c);
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = input.write_all(&data);
+    });
+    let what = format!("{} on the host", orig.display());
+    let out = wait_output_within(child, &what, std::time::Duration::from_secs(CHILD_TIMEOUT));
     Run {
         stdout: if md5_out {
             md5(&out.stdout)
@@ -144,45 +151,6 @@ fn host_run(orig: &Path, file: &str, args: &[String], stdin: &[u8], md5_out: boo
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         code: out.status.code(),
     }
-}
-
-/// Feeds `stdin`, waits at most `secs` seconds (then kills the child and fails).
-fn wait_bounded(mut child: std::process::Child, stdin: &[u8], secs: u32) -> std::process::Output {
-    use std::io::Write;
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let pid = child.id();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = done.clone();
-    let killer = std::thread::spawn(move || {
-        let start = std::time::Instant::now();
-        while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-            if start.elapsed().as_secs() >= u64::from(secs) {
-                // Our own child, not yet reaped (the main thread is still waiting).
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                return true;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        false
-    });
-    let out = child.wait_with_output().unwrap();
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    writer.join().unwrap();
-    let killed = killer.join().unwrap();
-    assert!(
-        !killed,
-        "a child ran longer than {secs} s\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn s(v: &[&str]) -> Vec<String> {
@@ -344,7 +312,7 @@ fn initramfs(suite: &Suite, root: &Path, out: &Path) {
         .arg("sh")
         .arg(root)
         .arg(out);
-    let r = run(&c, None);
+    let r = run(c, None);
     assert_eq!(r.code, Some(0), "cpio: {}", r.stderr);
 }
 
@@ -410,7 +378,7 @@ fn boot(release: &str) {
         .arg(format!("file:{}", console.display()))
         .arg("-serial")
         .arg(format!("file:{}", results.display()));
-    let r = run_with_timeout(&c, BOOT_TIMEOUT, None);
+    let r = run_cmd_within(c, b"", std::time::Duration::from_secs(BOOT_TIMEOUT));
     let text = std::fs::read_to_string(&results).unwrap_or_default();
     let console_text = std::fs::read_to_string(&console).unwrap_or_default();
     let tail = |t: &str| t[t.len().saturating_sub(3000)..].to_string();
@@ -473,12 +441,12 @@ fn a_kernel_older_than_the_minimum_gets_one_line_and_127() {
         // The packed file says what it needs: glibc 2.36's ABI tag asks for 3.2.
         let mut c = Command::new(elfpack());
         c.arg("inspect").arg("--json").arg(&packed);
-        let r = run(&c, None);
+        let r = run(c, None);
         let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
         assert_eq!(v["min_kernel"], "3.2");
         let mut c = Command::new(elfpack());
         c.arg("inspect").arg(&packed);
-        let r = run(&c, None);
+        let r = run(c, None);
         assert!(
             r.stdout.contains("runs on: Linux 3.2 or later"),
             "{}",
@@ -492,7 +460,7 @@ fn a_kernel_older_than_the_minimum_gets_one_line_and_127() {
             .arg("args")
             .env_clear()
             .envs(test_env());
-        let r = run(&c, None);
+        let r = run(c, None);
         assert_eq!(r.code, Some(127), "{r:?}");
         assert_eq!(r.stdout, "");
         let lines: Vec<&str> = r.stderr.lines().collect();
@@ -506,7 +474,7 @@ fn a_kernel_older_than_the_minimum_gets_one_line_and_127() {
         // The same file runs on this kernel.
         let mut c = Command::new(&packed);
         c.arg("args").env_clear().envs(test_env());
-        assert_eq!(run(&c, None).code, Some(0));
+        assert_eq!(run(c, None).code, Some(0));
     }
 }
 
@@ -531,7 +499,7 @@ fn refused_rseq_reads_as_not_registered() {
                         .arg(case)
                         .env_clear()
                         .envs(test_env());
-                    run(&c, None)
+                    run(c, None)
                 };
                 let (p, o) = (q(&packed), q(&orig));
                 assert_eq!(
@@ -546,7 +514,7 @@ fn refused_rseq_reads_as_not_registered() {
             // Natively, the replay succeeds and the area is live.
             let mut c = Command::new(&packed);
             c.arg("rseq").env_clear().envs(test_env());
-            assert_eq!(run(&c, None).stdout, "rseq registered=yes\n");
+            assert_eq!(run(c, None).stdout, "rseq registered=yes\n");
         }
     }
 }

@@ -2,21 +2,19 @@
 //! at most 32 program headers and runs like the original; a library that needs an
 //! executable stack (a GCC nested-function trampoline) gets one in the packed program too.
 //!
-//! Every child process runs under `timeout`: a hung child is a failed test with its output.
-use elfpack_tests::{elfpack, require, scratch, test_env, Arch, Run};
+//! Every child process runs under the harness's deadline: a hung child is a failed test with
+//! its output.
+use elfpack_tests::{elfpack, require, run_cmd_within, scratch, test_env, Arch, Run};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The most program headers an output may have (kernels before 6.17 accept one page).
 const MAX_PHDRS: usize = 32;
 /// Seconds any child may run.
-const CHILD_TIMEOUT: u32 = 120;
-
-#[path = "timeout_run.rs"]
-mod timeout_run;
+const CHILD_TIMEOUT: u64 = 120;
 
 fn run(cmd: Command) -> Run {
-    timeout_run::run_with_timeout(&cmd, CHILD_TIMEOUT, None)
+    run_cmd_within(cmd, b"", std::time::Duration::from_secs(CHILD_TIMEOUT))
 }
 
 /// Compiles C sources with the system C compiler (`-m32` for i386).

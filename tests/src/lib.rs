@@ -472,6 +472,21 @@ pub fn without_qemu_warnings(mut r: Run) -> Run {
     r
 }
 
+/// Runs a prepared command with `stdin`, under a deadline of its own (a qemu-system boot).
+pub fn run_cmd_within(mut cmd: Command, stdin: &[u8], limit: Duration) -> Run {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let what = format!("{cmd:?}");
+    let mut child = spawn(&mut cmd);
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    Run::from(wait_output_within(child, &what, limit))
+}
+
 /// Runs a prepared command with `stdin`.
 pub fn run_cmd(cmd: Command, stdin: &[u8]) -> Run {
     finish(cmd, stdin)

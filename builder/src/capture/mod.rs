@@ -304,8 +304,9 @@ fn program_extent(maps: &[Mapping], exe_path: &str) -> (u64, u64) {
 }
 
 /// Where ld.so, the vDSO and the libraries go: a range that no mapping uses, above the
-/// program with room for its heap, or (when the program leaves too little room above it,
-/// as a large i386 bss does) below it, whichever is larger; at most the steering's window.
+/// program with room for its heap when that holds a whole window, else (when the program
+/// leaves too little room above it, as a large i386 bss does) the larger of the room above
+/// and the room below it; at most the steering's window.
 fn choose_window(maps: &[Mapping], exe_path: &str, steer: &Steer) -> Result<(u64, u64)> {
     // The lowest address used (mmap_min_addr and the first 16 MiB stay free) and the top
     // of the range (i386: the 4 GiB address space, where the kernel also puts the stack).
@@ -343,7 +344,8 @@ fn choose_window(maps: &[Mapping], exe_path: &str, steer: &Steer) -> Result<(u64
     } else {
         (0, 0)
     };
-    let (a, b) = if above.1 - above.0 >= below.1 - below.0 {
+    // Above, where the layout has always been, whenever it has a whole window of room.
+    let (a, b) = if above.1 - above.0 >= steer.window_size.min(below.1 - below.0) {
         above
     } else {
         below
