@@ -286,6 +286,22 @@ fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
+/// The range of the mapping that holds `sp`, with the anonymous mappings right next to it.
+fn stack_extent(maps: &[Mapping], sp: u64) -> Option<(u64, u64)> {
+    let i = maps.iter().position(|m| m.start <= sp && sp < m.end)?;
+    let (mut lo, mut hi) = (i, i);
+    while lo > 0 && maps[lo - 1].end == maps[lo].start && maps[lo - 1].path.is_empty() {
+        lo -= 1;
+    }
+    while hi + 1 < maps.len()
+        && maps[hi + 1].start == maps[hi].end
+        && (maps[hi + 1].path.is_empty() || maps[hi + 1].path == "[stack]")
+    {
+        hi += 1;
+    }
+    Some((maps[lo].start, maps[hi].end))
+}
+
 /// The program's extent: its file mappings and the anonymous mappings (bss) right after.
 fn program_extent(maps: &[Mapping], exe_path: &str) -> (u64, u64) {
     let lo = maps
@@ -675,9 +691,15 @@ fn run(
     // 4. Snapshot.
     let regs = t.regs()?;
     let maps = procfs::maps(pid)?;
+    // The initial stack: the mapping that holds the stack pointer and the anonymous ones
+    // right next to it. When ld.so makes the stack executable (glibc `elf/dl-execstack.c`,
+    // `_dl_make_stack_executable`) its mprotect splits the mapping, and only the part that
+    // holds the start of the stack keeps the name [stack].
+    let stack_range = stack_extent(&maps, stack.sp);
+    let in_stack = |m: &Mapping| stack_range.is_some_and(|(a, b)| a <= m.start && m.end <= b);
     if let Some(l) = &layout {
         for m in &maps {
-            let special = m.path.starts_with('[') && m.path != "[heap]";
+            let special = (m.path.starts_with('[') && m.path != "[heap]") || in_stack(m);
             let exe = m.path == exe_path;
             if !special
                 && !exe
@@ -727,7 +749,7 @@ fn run(
             "[vdso]" => vdso = Some((m.start, m.end)),
             _ => {}
         }
-        if m.start <= stack.sp && stack.sp < m.end {
+        if in_stack(m) {
             continue;
         }
         let len = (m.end - m.start) as usize;
@@ -995,6 +1017,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_stack_includes_the_parts_an_executable_stack_split_off() {
+        let maps = vec![
+            m(0x7fff_f7ff_0000, 0x7fff_f7ff_f000, "/lib/ld.so"),
+            m(0x7fff_fffd_e000, 0x7fff_fffe_0000, ""),
+            m(0x7fff_fffe_0000, 0x7fff_ffff_e000, "[stack]"),
+            m(0x7fff_ffff_e000, 0x7fff_ffff_f000, ""),
+        ];
+        assert_eq!(
+            stack_extent(&maps, 0x7fff_ffff_0000),
+            Some((0x7fff_fffd_e000, 0x7fff_ffff_f000))
+        );
     }
 
     #[test]
