@@ -47,6 +47,7 @@ fn main() {
     let libsrc = dir.join("libneeded.c");
     let dlopen_soname = dir.join("dlopen_soname.c");
     let slow_audit = dir.join("slow_audit.c");
+    let hardening = dir.join("hardening.c");
     compile(
         false,
         false,
@@ -73,6 +74,20 @@ fn main() {
                 &[&cxx],
                 &[],
                 &out.join(format!("cxx-{arch}-{pie}")),
+            );
+        }
+        // The hardening tests' fixture (tests/e2e/hardening.rs).
+        for (pie, flags) in [
+            ("pie", ["-fPIE", "-pie"]),
+            ("nopie", ["-fno-pie", "-no-pie"]),
+        ] {
+            compile(
+                false,
+                m32,
+                &flags,
+                &[&hardening],
+                &[],
+                &out.join(format!("hardening-{arch}-{pie}")),
             );
         }
         // A program whose library exists only while the tests create it.

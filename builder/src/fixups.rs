@@ -169,6 +169,15 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
     for f in &found {
         image.write_word(f.addr, 0);
     }
+    // Copies of `__libc_enable_secure` get this run's AT_SECURE (the capture's is 0).
+    found.extend(image.secure_copies.iter().map(|&addr| Fixup {
+        addr,
+        kind: k::SECURE_FLAG,
+        arg: 0,
+        offset: 0,
+        string: None,
+    }));
+    found.sort_by_key(|f| f.addr);
     image.fixups = found;
     Ok(notes)
 }

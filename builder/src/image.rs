@@ -129,6 +129,8 @@ pub struct Image {
     pub regs: abi::Registrations,
     pub mm: abi::MmLayout,
     pub enable_secure: u64,
+    /// Other copies of `int __libc_enable_secure` (a program's copy relocation of it).
+    pub secure_copies: Vec<u64>,
     pub fixups: Vec<Fixup>,
     pub vdso: Option<Vdso>,
     /// PT_GNU_STACK flags of the original program.

@@ -98,6 +98,7 @@ mod tests {
             regs: Default::default(),
             mm: Default::default(),
             enable_secure: 0,
+            secure_copies: vec![],
             fixups: vec![],
             vdso: None,
             stack_flags: 6,

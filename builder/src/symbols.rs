@@ -11,6 +11,39 @@ pub fn lookup_dynsym(path: &str, name: &str) -> Option<u64> {
         .map(|s| s.st_value)
 }
 
+/// The addresses in the image of every object's own definition of the data symbol `name`
+/// (for example a program's copy-relocated `__libc_enable_secure`), ld.so excluded.
+pub fn definitions(objects: &[crate::image::Object], name: &str, skip: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    for o in objects.iter().filter(|o| o.path != skip) {
+        let Ok(bytes) = crate::files::map(&o.path) else {
+            continue;
+        };
+        let Ok(elf) = Elf::parse(&bytes) else {
+            continue;
+        };
+        let bias = if elf.header.e_type == goblin::elf::header::ET_EXEC {
+            0
+        } else {
+            o.base
+        };
+        out.extend(
+            elf.dynsyms
+                .iter()
+                .filter(|s| {
+                    s.st_value != 0
+                        && s.st_shndx != 0
+                        && s.st_type() == goblin::elf::sym::STT_OBJECT
+                        && elf.dynstrtab.get_at(s.st_name) == Some(name)
+                })
+                .map(|s| bias.wrapping_add(s.st_value)),
+        );
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// A symbol of the image, at its address in the packed process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageSymbol {

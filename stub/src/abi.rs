@@ -133,6 +133,10 @@ pub mod fixup_kind {
     pub const CANARY: u32 = 8;
     /// The pointer guard, derived from this run's AT_RANDOM.
     pub const POINTER_GUARD: u32 = 9;
+    /// A 32-bit `int`, not a word: 1 when this run has AT_SECURE, else 0. It marks the
+    /// copies of `__libc_enable_secure` other than ld.so's own (a program's copy
+    /// relocation of it).
+    pub const SECURE_FLAG: u32 = 10;
 }
 
 /// One word of the image to rewrite at restore.

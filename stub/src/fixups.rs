@@ -76,14 +76,21 @@ fn value(d: &'static Descriptor, st: &InitialStack, f: &Fixup) -> usize {
 
 /// Step 5.
 pub fn apply(d: &'static Descriptor, st: &InitialStack) {
+    let secure = st.aux(at::AT_SECURE).unwrap_or(0) != 0;
     for f in desc::table::<Fixup>(d, d.fixups) {
+        if f.kind == k::SECURE_FLAG {
+            // SAFETY: the builder names the address of an `int __libc_enable_secure` copy
+            // (a copy relocation into the program, glibc `elf/enbl-secure.c`), 4-byte
+            // aligned in a page the builder mapped writable (sealed afterwards).
+            unsafe { (f.addr as usize as *mut i32).write(i32::from(secure)) };
+            continue;
+        }
         let v = value(d, st, f);
         // SAFETY: fixup addresses are word-aligned words of the image that the builder
         // mapped writable (its `Protect` entries seal them afterwards).
         unsafe { (f.addr as usize as *mut usize).write(v) };
     }
     if d.enable_secure != 0 {
-        let secure = st.aux(at::AT_SECURE).unwrap_or(0) != 0;
         // SAFETY: `enable_secure` is the address of ld.so's `int __libc_enable_secure`
         // (glibc `elf/enbl-secure.c`), in a writable page of the image.
         unsafe { (d.enable_secure as usize as *mut i32).write(i32::from(secure)) };

@@ -708,6 +708,7 @@ fn run(
             brk,
         },
         enable_secure,
+        secure_copies: crate::symbols::definitions(&objects, "__libc_enable_secure", &interp_path),
         fixups: Vec::new(),
         vdso: vdso.map(|(start, end)| image::Vdso {
             start,
