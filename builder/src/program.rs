@@ -38,7 +38,7 @@ pub struct Program {
     pub path: PathBuf,
     pub arch: Arch,
     pub pie: bool,
-    pub interp: String,
+    pub interp: PathBuf,
     /// Flags of PT_GNU_STACK (PF_R | PF_W, plus PF_X for an executable stack).
     pub stack_flags: u32,
     /// The program's PT_LOAD segments as (vaddr, memsz, filesz, flags), link-time addresses.
@@ -82,6 +82,11 @@ pub fn inspect(path: &Path) -> Result<Program> {
             "{shown}: is setuid/setgid; elfpack refuses to pack privileged programs"
         ));
     }
+    if has_file_capabilities(path) {
+        return Err(unpackable!(
+            "{shown}: has file capabilities (setcap); elfpack refuses to pack privileged programs"
+        ));
+    }
     let bytes = crate::files::map(path).map_err(|e| unpackable!("{shown}: {}", io_reason(&e)))?;
     if bytes.starts_with(b"#!") {
         return Err(unpackable!(
@@ -115,7 +120,7 @@ pub fn inspect(path: &Path) -> Result<Program> {
             ));
         }
     }
-    let interp = elf.interpreter.map(str::to_owned);
+    let interp = crate::interp::path(&shown.to_string(), &bytes, &elf)?;
     let is_pie = elf
         .dynamic
         .as_ref()
@@ -139,6 +144,9 @@ pub fn inspect(path: &Path) -> Result<Program> {
             "{shown}: is already statically linked; it needs no packing"
         ));
     };
+    // The capture runs the interpreter: it must be glibc's ld.so, checked before anything
+    // runs.
+    crate::interp::check(&shown.to_string(), &interp, arch)?;
     let stack_flags = elf
         .program_headers
         .iter()
@@ -158,6 +166,26 @@ pub fn inspect(path: &Path) -> Result<Program> {
         stack_flags,
         loads,
     })
+}
+
+/// Whether `path` carries file capabilities (the `security.capability` attribute that
+/// setcap(8) writes; linux `security/commoncap.c`, `get_vfs_caps_from_disk`).
+fn has_file_capabilities(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: getxattr(2) with a NULL buffer of size 0 only returns the value's size; both
+    // strings are NUL-terminated and live across the call.
+    let n = unsafe {
+        nix::libc::getxattr(
+            c.as_ptr(),
+            c"security.capability".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n > 0
 }
 
 /// The reason of an I/O error, without Rust's "(os error N)" suffix.

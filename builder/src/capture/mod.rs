@@ -12,7 +12,7 @@
 pub mod procfs;
 pub mod tracee;
 
-use crate::error::{capture_err, other, Result};
+use crate::error::{capture_err, Result};
 use crate::image::{self, Image, Object, Region};
 use crate::program::{Arch, Program};
 use elfpack_stub::abi;
@@ -81,6 +81,8 @@ pub struct Options {
     /// Leave out the contents of executable mappings (a capture made only to compare
     /// data with another: ld.so does not write code).
     pub skip_code: bool,
+    /// Send the program's stderr to /dev/null.
+    pub quiet: bool,
 }
 
 /// The capture-time initial stack, for classifying pointers into it.
@@ -155,7 +157,7 @@ const AT_SYSINFO: u64 = 32;
 const AT_SYSINFO_EHDR: u64 = 33;
 
 pub fn capture(prog: &Program, opts: &Options) -> Result<Captured> {
-    let mut t = Tracee::spawn(&prog.path, &opts.args, &opts.env)?;
+    let mut t = Tracee::spawn(&prog.path, &opts.args, &opts.env, opts.quiet)?;
     let pid = t.pid.as_raw();
     let word = prog.arch.word();
     let mem = Memory::open(pid)?;
@@ -589,7 +591,7 @@ fn run(
                 // Anonymous bss right after the program is part of the program.
                 let after_exe = maps.iter().any(|e| e.path == exe_path && e.end == m.start);
                 if !after_exe {
-                    return Err(other!(
+                    return Err(crate::error::unpackable!(
                         "could not keep the image compact: {} at {:#x}-{:#x} lies outside {:#x}-{:#x}",
                         if m.path.is_empty() { "an anonymous mapping" } else { &m.path },
                         m.start,
