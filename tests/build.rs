@@ -90,6 +90,14 @@ fn main() {
                 &out.join(format!("hardening-{arch}-{pie}")),
             );
         }
+        compile(
+            false,
+            m32,
+            &["-static"],
+            &[&hardening],
+            &[],
+            &out.join(format!("hardening-static-{arch}")),
+        );
         // A program whose library exists only while the tests create it.
         let libdir = out.join(format!("lib-{arch}"));
         std::fs::create_dir_all(&libdir).unwrap();

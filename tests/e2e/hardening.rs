@@ -36,11 +36,19 @@ impl std::fmt::Display for Out {
 /// Runs `cmd` (stdin closed) and waits at most `secs` seconds; a child still running then
 /// is killed and the test fails with what it printed.
 fn run_for(cmd: &mut Command, secs: u64) -> Out {
+    run_with_stdout(cmd, secs, Stdio::piped())
+}
+
+/// As [`run_for`], with stdout connected to `stdout`.
+fn run_with_stdout(cmd: &mut Command, secs: u64, stdout: Stdio) -> Out {
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped());
     let mut child = elfpack_tests::spawn(cmd);
-    let mut so = child.stdout.take().unwrap();
+    let mut so: Box<dyn Read + Send> = match child.stdout.take() {
+        Some(s) => Box::new(s),
+        None => Box::new(std::io::empty()),
+    };
     let mut se = child.stderr.take().unwrap();
     let t_out = std::thread::spawn(move || {
         let mut v = Vec::new();
@@ -76,11 +84,6 @@ fn run_for(cmd: &mut Command, secs: u64) -> Out {
             "{cmd:?} did not finish within {secs} s\n--- stdout\n{stdout}--- stderr\n{stderr}"
         ),
     }
-}
-
-/// `elfpack ARGS...`, at most 60 s.
-fn elfpack_run<S: AsRef<OsStr>>(args: &[S]) -> Out {
-    run_for(Command::new(elfpack()).args(args), 60)
 }
 
 /// Packs `input` into `output`; fails the test with elfpack's stderr otherwise.
@@ -206,5 +209,604 @@ fn setuid_environment_i386_pie() {
     setuid_environment_is_the_originals("i386", "pie");
 }
 
-#[allow(dead_code)]
-fn _unused(_: PathBuf) {}
+// ---------------------------------------------------------------------------------------
+// 2, 3. Running exactly PROGRAM, and only glibc's loader.
+
+/// A copy of `src` at `dst` (mode 0755) whose PT_INTERP holds `interp` followed by NULs,
+/// and, with `filesz`, whose PT_INTERP p_filesz is changed to it.
+fn with_interp(src: &Path, dst: &Path, interp: Option<&[u8]>, filesz: Option<u64>) {
+    let mut bytes = std::fs::read(src).unwrap();
+    let elf = goblin::elf::Elf::parse(&bytes).unwrap();
+    let (idx, ph) = elf
+        .program_headers
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.p_type == goblin::elf::program_header::PT_INTERP)
+        .map(|(i, p)| (i, p.clone()))
+        .expect("no PT_INTERP");
+    let is64 = elf.is_64;
+    let phoff = elf.header.e_phoff as usize;
+    let phentsize = elf.header.e_phentsize as usize;
+    drop(elf);
+    if let Some(path) = interp {
+        assert!(
+            path.len() < ph.p_filesz as usize,
+            "interpreter path too long"
+        );
+        let seg = &mut bytes[ph.p_offset as usize..(ph.p_offset + ph.p_filesz) as usize];
+        seg.fill(0);
+        seg[..path.len()].copy_from_slice(path);
+    }
+    if let Some(n) = filesz {
+        // p_filesz: offset 32 in Elf64_Phdr, 16 in Elf32_Phdr.
+        let at = phoff + idx * phentsize;
+        if is64 {
+            bytes[at + 32..at + 40].copy_from_slice(&n.to_le_bytes());
+        } else {
+            bytes[at + 16..at + 20].copy_from_slice(&(n as u32).to_le_bytes());
+        }
+    }
+    std::fs::write(dst, &bytes).unwrap();
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `elfpack build PROG -o OUT EXTRA...` run in `dir`.
+fn build_in(dir: &Path, prog: &str, out: &str, extra: &[&str]) -> Out {
+    run_for(
+        Command::new(elfpack())
+            .current_dir(dir)
+            .args(["build", prog, "-o", out])
+            .args(extra),
+        60,
+    )
+}
+
+#[test]
+fn a_program_the_kernel_refuses_is_not_replaced_by_the_shell() {
+    // PT_INTERP's string without its NUL: execve fails with ENOEXEC, and execvp would run
+    // /bin/sh with the program as a script.
+    let d = scratch();
+    let fx = fixture("hardening-x86_64-pie");
+    let len = goblin::elf::Elf::parse(&std::fs::read(&fx).unwrap())
+        .unwrap()
+        .program_headers
+        .iter()
+        .find(|p| p.p_type == goblin::elf::program_header::PT_INTERP)
+        .unwrap()
+        .p_filesz;
+    with_interp(&fx, &d.path().join("prog"), None, Some(len - 1));
+    let o = build_in(d.path(), "./prog", "out", &[]);
+    assert_eq!(o.code(), Some(3), "{o}");
+    assert!(o.stderr.contains("PT_INTERP"), "{o}");
+    assert_eq!(o.stderr.lines().count(), 1, "{o}");
+    assert!(!d.path().join("out").exists(), "{o}");
+}
+
+#[test]
+fn a_static_program_as_interpreter_never_runs() {
+    let d = scratch();
+    std::fs::copy(fixture("hardening-static-x86_64"), d.path().join("i")).unwrap();
+    std::fs::set_permissions(d.path().join("i"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    with_interp(
+        &fixture("hardening-x86_64-pie"),
+        &d.path().join("prog"),
+        Some(b"./i"),
+        None,
+    );
+    let mark = d.path().join("ran");
+    let env = format!("--env=HARDENING_MARK={}", mark.display());
+    let o = build_in(d.path(), "./prog", "out", &[&env]);
+    assert_eq!(o.code(), Some(3), "{o}");
+    assert!(o.stderr.contains("not glibc's ld.so"), "{o}");
+    assert!(o.stderr.contains("./i"), "{o}");
+    assert!(!mark.exists(), "the interpreter ran during the build: {o}");
+    assert!(!d.path().join("out").exists(), "{o}");
+}
+
+#[test]
+fn an_interpreter_of_the_other_class_is_refused() {
+    // An i386 program whose PT_INTERP names the x86-64 ld.so (a glibc loader, but not for
+    // this program).
+    let d = scratch();
+    std::os::unix::fs::symlink("/lib64/ld-linux-x86-64.so.2", d.path().join("x")).unwrap();
+    with_interp(
+        &fixture("hardening-i386-pie"),
+        &d.path().join("prog"),
+        Some(b"./x"),
+        None,
+    );
+    let o = build_in(d.path(), "./prog", "out", &[]);
+    assert_eq!(o.code(), Some(3), "{o}");
+    assert!(o.stderr.contains("another class or machine"), "{o}");
+}
+
+#[test]
+fn a_musl_interpreter_is_named_as_unsupported() {
+    let d = scratch();
+    std::fs::copy(
+        fixture("hardening-static-x86_64"),
+        d.path().join("ld-musl-x86_64.so.1"),
+    )
+    .unwrap();
+    with_interp(
+        &fixture("hardening-x86_64-pie"),
+        &d.path().join("prog"),
+        Some(b"ld-musl-x86_64.so.1"),
+        None,
+    );
+    let mark = d.path().join("ran");
+    let env = format!("--env=HARDENING_MARK={}", mark.display());
+    let o = build_in(d.path(), "./prog", "out", &[&env]);
+    assert_eq!(o.code(), Some(3), "{o}");
+    assert!(o.stderr.contains("musl"), "{o}");
+    assert!(o.stderr.contains("not supported yet"), "{o}");
+    assert!(!mark.exists(), "{o}");
+}
+
+#[test]
+fn a_missing_interpreter_is_named() {
+    let d = scratch();
+    with_interp(
+        &fixture("hardening-x86_64-pie"),
+        &d.path().join("prog"),
+        Some(b"/nonexistent/ld.so"),
+        None,
+    );
+    let o = build_in(d.path(), "./prog", "out", &[]);
+    assert_eq!(o.code(), Some(3), "{o}");
+    assert!(o.stderr.contains("/nonexistent/ld.so"), "{o}");
+    assert!(o.stderr.contains("no such file"), "{o}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Privileged programs: setuid, setgid and file capabilities are refused alike.
+
+#[test]
+fn file_capabilities_are_refused_like_setuid() {
+    let setcap = require("setcap");
+    let d = scratch();
+    let p = d.path().join("prog");
+    copy_mode(&fixture("hardening-x86_64-pie"), &p, 0o755);
+    let st = run_for(Command::new(setcap).arg("cap_net_raw+ep").arg(&p), 30);
+    assert!(st.status.success(), "{st}");
+    let o = build_in(d.path(), "./prog", "out", &[]);
+    assert_eq!(o.code(), Some(3), "{o}");
+    assert!(o.stderr.contains("file capabilities"), "{o}");
+    assert!(!d.path().join("out").exists());
+    for mode in [0o4755, 0o2755] {
+        copy_mode(&fixture("hardening-x86_64-pie"), &d.path().join("s"), mode);
+        let o = build_in(d.path(), "./s", "out", &[]);
+        assert_eq!(o.code(), Some(3), "{o}");
+        assert!(o.stderr.contains("privileged programs"), "{o}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 7, 8, 9. The process tree and temporary files.
+
+/// Whether process `pid` is gone (or a zombie about to be reaped by init).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+    }
+}
+
+/// Waits up to `secs` seconds for `pid` to be gone.
+fn wait_gone(pid: i32, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if gone(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    gone(pid)
+}
+
+#[test]
+fn a_fork_during_capture_leaves_no_process() {
+    // An IFUNC resolver of the program forks while ld.so relocates it, at capture; the
+    // child would sleep for 30 s.
+    let d = scratch();
+    let pidfile = d.path().join("pid");
+    let env = format!("--env=HARDENING_FORK={}", pidfile.display());
+    let prog = fixture("hardening-x86_64-pie");
+    // The forked child would inherit elfpack's stdout and stderr: files, not pipes, so
+    // that the build's end is seen at once.
+    let log = d.path().join("log");
+    let mut child = elfpack_tests::spawn(
+        Command::new(elfpack())
+            .current_dir(d.path())
+            .arg("build")
+            .arg(&prog)
+            .args(["-o", "out", &env])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("elfpack hung: {}", std::fs::read_to_string(&log).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let o = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{o}");
+    let pids = std::fs::read_to_string(&pidfile).unwrap();
+    assert!(!pids.trim().is_empty());
+    for p in pids.lines() {
+        let pid: i32 = p.trim().parse().unwrap();
+        assert!(
+            wait_gone(pid, 2),
+            "process {pid}, forked at capture, is still there after the build: {o}"
+        );
+    }
+}
+
+/// Whether a process whose command line contains `marker` exists (zombies aside).
+fn processes_with(marker: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmd.split(|&b| b == 0).any(|a| a == marker.as_bytes()) && !gone(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Starts `elfpack build` of the fixture into `dir/out` with the capture argument
+/// `marker`, kills it with `sig` after `delay`, and waits for it.
+fn build_and_kill(dir: &Path, marker: &str, delay: Duration, sig: nix::sys::signal::Signal) {
+    let mut child = elfpack_tests::spawn(
+        Command::new(elfpack())
+            .current_dir(dir)
+            .arg("build")
+            .arg(fixture("hardening-x86_64-pie"))
+            .args(["-o", "out", "-q", "--", marker])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    std::thread::sleep(delay);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("elfpack did not end within 30 s after {sig}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Delays spread over a build's life (spawn, the two captures, writing), from a fixed
+/// sequence so that a failure can be replayed.
+fn kill_delays(n: usize) -> impl Iterator<Item = (usize, Duration, nix::sys::signal::Signal)> {
+    use nix::sys::signal::Signal;
+    (0..n).map(|i| {
+        // Most kills land where elfpack starts the tracee (the first few milliseconds),
+        // the rest anywhere in the build.
+        let us = if i % 4 == 3 {
+            (i as u64 * 7919 + 1237) % 40_000
+        } else {
+            (i as u64 * 7919 + 1237) % 5_000
+        };
+        let sig = if i % 2 == 0 {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        (i, Duration::from_micros(us), sig)
+    })
+}
+
+#[test]
+fn a_killed_build_leaves_no_process() {
+    let d = scratch();
+    for (i, delay, sig) in kill_delays(50) {
+        let marker = format!("hardening-kill-{}-{i}", std::process::id());
+        build_and_kill(d.path(), &marker, delay, sig);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut left = processes_with(&marker);
+        while !left.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            left = processes_with(&marker);
+        }
+        if !left.is_empty() {
+            let mut report = String::new();
+            for &p in &left {
+                report += &std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            panic!("kill {i} ({sig} after {delay:?}) left processes {left:?}:\n{report}");
+        }
+    }
+}
+
+#[test]
+fn a_killed_build_leaves_no_temporary_file() {
+    let d = scratch();
+    for (i, delay, sig) in kill_delays(50) {
+        let marker = format!("hardening-tmp-{}-{i}", std::process::id());
+        build_and_kill(d.path(), &marker, delay, sig);
+        let left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "out")
+            .collect();
+        assert!(
+            left.is_empty(),
+            "kill {i} ({sig} after {delay:?}) left {left:?}"
+        );
+        let _ = std::fs::remove_file(d.path().join("out"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 10, 11, 14, 15. Input and output handling, errors.
+
+/// Asserts a one-line `elfpack: ...` error with exit status `code` and no panic.
+fn one_line_error(o: &Out, code: i32, needle: &str) {
+    assert_eq!(o.code(), Some(code), "{o}");
+    assert_eq!(o.stderr.lines().count(), 1, "{o}");
+    assert!(o.stderr.starts_with("elfpack: "), "{o}");
+    assert!(o.stderr.contains(needle), "{o}");
+    assert!(!o.stderr.contains("panicked"), "{o}");
+    assert!(!o.stderr.contains("(os error"), "{o}");
+}
+
+#[test]
+fn bad_timeouts_are_usage_errors() {
+    let d = scratch();
+    let fx = fixture("hardening-x86_64-pie");
+    for t in ["1e20", "NaN", "inf", "-1", "0", "x"] {
+        let o = build_in(
+            d.path(),
+            fx.to_str().unwrap(),
+            "out",
+            &[&format!("--timeout={t}")],
+        );
+        one_line_error(&o, 2, "--timeout");
+        assert!(!d.path().join("out").exists());
+    }
+    let o = build_in(d.path(), fx.to_str().unwrap(), "out", &["--env", "FOO"]);
+    one_line_error(&o, 2, "KEY=VALUE");
+}
+
+/// A packed copy of the fixture, for `inspect`.
+fn packed_fixture(d: &Path) -> PathBuf {
+    let p = d.join("packed");
+    pack(&fixture("hardening-x86_64-pie"), &p);
+    p
+}
+
+#[test]
+fn full_output_is_one_error_line() {
+    let d = scratch();
+    let p = packed_fixture(d.path());
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let o = run_with_stdout(
+        Command::new(elfpack()).arg("inspect").arg(&p),
+        30,
+        full().into(),
+    );
+    one_line_error(&o, 1, "No space left on device");
+    for args in [
+        &["completions", "bash"][..],
+        &["man"],
+        &["inspect", "--json"],
+    ] {
+        let mut cmd = Command::new(elfpack());
+        cmd.args(args);
+        if args[0] == "inspect" {
+            cmd.arg(&p);
+        }
+        let o = run_with_stdout(&mut cmd, 30, full().into());
+        one_line_error(&o, 1, "No space left on device");
+    }
+}
+
+/// Runs `cmd` with its stdout a pipe whose reading end is already closed.
+fn run_into_closed_pipe(cmd: &mut Command) -> Out {
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    let mut child = elfpack_tests::spawn(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(w))
+            .stderr(Stdio::piped()),
+    );
+    let mut err = Vec::new();
+    child.stderr.take().unwrap().read_to_end(&mut err).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "{cmd:?} hung");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Out {
+        status,
+        stdout: String::new(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = scratch();
+    let p = packed_fixture(d.path());
+    let cases: Vec<Vec<&OsStr>> = vec![
+        vec![OsStr::new("inspect"), p.as_os_str()],
+        vec![OsStr::new("inspect"), OsStr::new("--json"), p.as_os_str()],
+        vec![OsStr::new("completions"), OsStr::new("bash")],
+    ];
+    for args in cases {
+        let o = run_into_closed_pipe(Command::new(elfpack()).args(&args));
+        assert_eq!(o.stderr, "", "{args:?}: {o}");
+        // As `cat` into a closed pipe: SIGPIPE.
+        assert_eq!(o.status.signal(), Some(13), "{args:?}: {o}");
+    }
+}
+
+#[test]
+fn inspect_refuses_what_is_not_a_regular_file() {
+    let d = scratch();
+    let fifo = d.path().join("fifo");
+    let st = run_for(Command::new("mkfifo").arg(&fifo), 10);
+    assert!(st.status.success(), "{st}");
+    for f in [
+        fifo.as_path(),
+        Path::new("/dev/zero"),
+        Path::new("/dev/null"),
+    ] {
+        let o = run_for(Command::new(elfpack()).arg("inspect").arg(f), 10);
+        one_line_error(&o, 3, "not a regular file");
+    }
+    let o = run_for(Command::new(elfpack()).arg("inspect").arg(d.path()), 10);
+    one_line_error(&o, 3, "is a directory");
+}
+
+#[test]
+fn inspect_escapes_control_characters() {
+    let d = scratch();
+    // A program whose own name holds a terminal escape sequence and a newline.
+    let name = "prog\x1b]0;owned\x07\x1b[2J\nx";
+    let prog = d.path().join(name);
+    copy_mode(&fixture("hardening-x86_64-pie"), &prog, 0o755);
+    let out = d.path().join("packed");
+    pack(&prog, &out);
+    let o = run_for(Command::new(elfpack()).arg("inspect").arg(&out), 30);
+    assert!(o.status.success(), "{o}");
+    assert!(
+        !o.stdout.bytes().any(|b| b == 0x1b || b == 0x07),
+        "raw control characters in: {:?}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("prog\\x1b]0;owned\\x07\\x1b[2J\\nx"),
+        "{o}"
+    );
+    let j = run_for(
+        Command::new(elfpack())
+            .args(["inspect", "--json"])
+            .arg(&out),
+        30,
+    );
+    assert!(!j.stdout.bytes().any(|b| b < 0x20 && b != b'\n'), "{j}");
+}
+
+#[test]
+fn output_mode_follows_the_umask() {
+    use std::os::unix::process::CommandExt;
+    let d = scratch();
+    for (mask, want) in [(0o077, 0o700), (0o002, 0o775), (0o022, 0o755)] {
+        let out = d.path().join(format!("out-{mask:o}"));
+        let mut cmd = Command::new(elfpack());
+        cmd.arg("build")
+            .arg(fixture("hardening-x86_64-pie"))
+            .arg("-o")
+            .arg(&out)
+            .arg("-q");
+        // SAFETY: umask(2) is async-signal-safe and only changes the child's mask.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::libc::umask(mask);
+                Ok(())
+            });
+        }
+        let o = run_for(&mut cmd, 60);
+        assert!(o.status.success(), "{o}");
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, want, "umask {mask:o}");
+    }
+}
+
+#[test]
+fn a_write_error_names_the_output() {
+    use std::os::unix::process::CommandExt;
+    let d = scratch();
+    let out = d.path().join("out");
+    let mut cmd = Command::new(elfpack());
+    cmd.arg("build")
+        .arg(fixture("hardening-x86_64-pie"))
+        .arg("-o")
+        .arg(&out);
+    // SAFETY: setrlimit(2) and signal(2) are async-signal-safe; a file-size limit makes
+    // writes fail with EFBIG (SIGXFSZ ignored, so the write returns the error).
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = nix::libc::rlimit {
+                rlim_cur: 100_000,
+                rlim_max: 100_000,
+            };
+            nix::libc::setrlimit(nix::libc::RLIMIT_FSIZE, &lim);
+            nix::libc::signal(nix::libc::SIGXFSZ, nix::libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let o = run_for(&mut cmd, 60);
+    one_line_error(&o, 1, &out.display().to_string());
+    assert!(o.stderr.contains("File too large"), "{o}");
+    let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn an_output_that_is_not_a_regular_file_is_refused() {
+    let d = scratch();
+    let fifo = d.path().join("fifo");
+    let st = run_for(Command::new("mkfifo").arg(&fifo), 10);
+    assert!(st.status.success(), "{st}");
+    let o = build_in(
+        d.path(),
+        fixture("hardening-x86_64-pie").to_str().unwrap(),
+        "fifo",
+        &[],
+    );
+    one_line_error(&o, 3, "not a regular file");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
+#[test]
+fn ld_so_messages_appear_once() {
+    // A library that is missing at capture: ld.so says so, once.
+    let d = scratch();
+    let prog = d.path().join("prog");
+    copy_mode(&fixture("needlib-x86_64"), &prog, 0o755);
+    let o = build_in(d.path(), "./prog", "out", &[]);
+    assert_eq!(o.code(), Some(4), "{o}");
+    let n = o.stderr.matches("libneeded.so").count();
+    assert_eq!(n, 1, "{o}");
+}
