@@ -200,8 +200,57 @@ pub fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// The paths ld.so's cache (`/etc/ld.so.cache`, written by ldconfig) gives for `soname`
+/// on `arch`, read directly: no program is run. The format is glibc's
+/// `glibc-ld.so.cache1.1` (`sysdeps/generic/dl-cache.h`: a 48-byte header with the entry
+/// count, then 24-byte entries `{flags, key, value, osversion, hwcap}` whose key and value
+/// are offsets of NUL-terminated strings from the start of the file). An old-format
+/// (`ld.so-1.7.0`) or unreadable cache gives nothing.
+pub fn ld_so_cache(cache: &Path, soname: &str, arch: Arch) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    const MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
+    // FLAG_ELF_LIBC6, and FLAG_X8664_LIB64 for x86-64 (none for i386).
+    let want_flags = match arch {
+        Arch::X86_64 => 0x0303,
+        Arch::I386 => 0x0003,
+    };
+    let Ok(bytes) = crate::files::map(cache) else {
+        return Vec::new();
+    };
+    if !bytes.starts_with(MAGIC) {
+        return Vec::new();
+    }
+    let u32_at = |o: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?))
+    };
+    let string_at = |o: u32| -> Option<&[u8]> {
+        let rest = bytes.get(o as usize..)?;
+        Some(&rest[..rest.iter().position(|&c| c == 0)?])
+    };
+    let Some(nlibs) = u32_at(MAGIC.len()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for i in 0..nlibs as usize {
+        let Some(at) = i.checked_mul(24).and_then(|o| o.checked_add(48)) else {
+            break;
+        };
+        let (Some(flags), Some(key), Some(value)) = (u32_at(at), u32_at(at + 4), u32_at(at + 8))
+        else {
+            break;
+        };
+        if flags & 0xffff != want_flags || string_at(key) != Some(soname.as_bytes()) {
+            continue;
+        }
+        if let Some(v) = string_at(value) {
+            out.push(PathBuf::from(std::ffi::OsStr::from_bytes(v)));
+        }
+    }
+    out
+}
+
 /// Finds a library as ld.so would for `--include`: a name with a slash is a path; a soname
-/// is looked up in LD_LIBRARY_PATH, then in ld.so's cache (`ldconfig -p`), then in the
+/// is looked up in LD_LIBRARY_PATH, then in ld.so's cache (read directly), then in the
 /// default directories. The library must match the program's architecture.
 pub fn find_library(name: &str, arch: Arch, ld_library_path: Option<&str>) -> Result<PathBuf> {
     let matches = |p: &Path| -> bool {
@@ -235,16 +284,7 @@ pub fn find_library(name: &str, arch: Arch, ld_library_path: Option<&str>) -> Re
     {
         candidates.push(Path::new(dir).join(name));
     }
-    if let Ok(out) = std::process::Command::new("ldconfig").arg("-p").output() {
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let line = line.trim();
-            if line.starts_with(&format!("{name} ")) {
-                if let Some(path) = line.rsplit(" => ").next() {
-                    candidates.push(PathBuf::from(path));
-                }
-            }
-        }
-    }
+    candidates.extend(ld_so_cache(Path::new("/etc/ld.so.cache"), name, arch));
     let defaults: &[&str] = match arch {
         Arch::X86_64 => &[
             "/lib/x86_64-linux-gnu",
@@ -268,4 +308,68 @@ pub fn find_library(name: &str, arch: Arch, ld_library_path: Option<&str>) -> Re
         .into_iter()
         .find(|p| p.is_file() && matches(p))
         .ok_or_else(|| unpackable!("--include {name}: no {} library of that name found (LD_LIBRARY_PATH, ld.so cache, default directories)", arch.name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache in glibc's format with the given (flags, key, value) entries.
+    fn cache(entries: &[(u32, &str, &str)]) -> Vec<u8> {
+        let mut head = b"glibc-ld.so.cache1.1".to_vec();
+        head.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        head.resize(48, 0);
+        let strings_at = 48 + 24 * entries.len();
+        let mut strings = Vec::new();
+        for &(flags, k, v) in entries {
+            let key = (strings_at + strings.len()) as u32;
+            strings.extend_from_slice(k.as_bytes());
+            strings.push(0);
+            let value = (strings_at + strings.len()) as u32;
+            strings.extend_from_slice(v.as_bytes());
+            strings.push(0);
+            head.extend_from_slice(&flags.to_le_bytes());
+            head.extend_from_slice(&key.to_le_bytes());
+            head.extend_from_slice(&value.to_le_bytes());
+            head.extend_from_slice(&[0u8; 12]);
+        }
+        head.extend_from_slice(&strings);
+        head
+    }
+
+    #[test]
+    fn reads_the_ld_so_cache_by_architecture() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ld.so.cache");
+        std::fs::write(
+            &p,
+            cache(&[
+                (0x0303, "libx.so.1", "/lib64/libx.so.1"),
+                (0x0003, "libx.so.1", "/lib32/libx.so.1"),
+                (0x0303, "liby.so.1", "/lib64/liby.so.1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            ld_so_cache(&p, "libx.so.1", Arch::X86_64),
+            vec![PathBuf::from("/lib64/libx.so.1")]
+        );
+        assert_eq!(
+            ld_so_cache(&p, "libx.so.1", Arch::I386),
+            vec![PathBuf::from("/lib32/libx.so.1")]
+        );
+        assert!(ld_so_cache(&p, "libz.so.1", Arch::X86_64).is_empty());
+        // Truncated or foreign files give nothing, without a panic.
+        let bytes = std::fs::read(&p).unwrap();
+        for n in 0..bytes.len() {
+            std::fs::write(&p, &bytes[..n]).unwrap();
+            let _ = ld_so_cache(&p, "libx.so.1", Arch::X86_64);
+        }
+    }
+
+    #[test]
+    fn reads_this_systems_cache() {
+        let found = ld_so_cache(Path::new("/etc/ld.so.cache"), "libc.so.6", Arch::X86_64);
+        assert!(found.iter().any(|p| p.is_file()), "{found:?}");
+    }
 }

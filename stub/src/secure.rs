@@ -83,7 +83,7 @@ fn suid_debug() -> bool {
             linux_raw_sys::general::__NR_faccessat,
             [
                 AT_FDCWD as usize,
-                b"/etc/suid-debug\0".as_ptr() as usize,
+                c"/etc/suid-debug".as_ptr() as usize,
                 F_OK,
                 0,
                 0,

@@ -810,3 +810,39 @@ fn ld_so_messages_appear_once() {
     let n = o.stderr.matches("libneeded.so").count();
     assert_eq!(n, 1, "{o}");
 }
+
+// ---------------------------------------------------------------------------------------
+// 4. --include runs no program from PATH.
+
+#[test]
+fn include_runs_no_ldconfig_from_path() {
+    let d = scratch();
+    let bin = d.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let mark = d.path().join("ldconfig-ran");
+    std::fs::write(
+        bin.join("ldconfig"),
+        format!("#!/bin/sh\ntouch '{}'\n", mark.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("ldconfig"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display());
+    let o = run_for(
+        Command::new(elfpack())
+            .current_dir(d.path())
+            .env("PATH", path)
+            .arg("build")
+            .arg(fixture("hardening-x86_64-pie"))
+            .args(["-o", "out", "-q", "--include", "libnss_files.so.2"]),
+        60,
+    );
+    assert!(o.status.success(), "{o}");
+    assert!(!mark.exists(), "a program named ldconfig ran from PATH");
+    let i = run_for(
+        Command::new(elfpack())
+            .arg("inspect")
+            .arg(d.path().join("out")),
+        30,
+    );
+    assert!(i.stdout.contains("libnss_files.so.2"), "{i}");
+}
