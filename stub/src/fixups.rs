@@ -70,7 +70,14 @@ fn value(d: &'static Descriptor, st: &InitialStack, f: &Fixup) -> usize {
         k::CANARY => random_word(st, 0) & !0xff,
         // `_dl_setup_pointer_guard`: the second word of AT_RANDOM.
         k::POINTER_GUARD => random_word(st, 1),
-        _ => crate::fail::fail("packed file is corrupt (unknown fixup)", 0),
+        _ => crate::fail::fail_with(
+            "packed file is corrupt (unknown fixup)",
+            &[
+                ("kind", crate::fail::Value::Num(u64::from(f.kind))),
+                ("at", crate::fail::Value::Addr(f.addr)),
+            ],
+            0,
+        ),
     }
 }
 

@@ -69,8 +69,18 @@ pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
 }
 
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    fail::fail("internal error in the restore stub", 0)
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let (file, line) = info
+        .location()
+        .map_or((&b"?"[..], 0), |l| (l.file().as_bytes(), l.line()));
+    fail::fail_with(
+        "internal error in the restore stub",
+        &[
+            ("at", fail::Value::Name(file)),
+            ("line", fail::Value::Num(u64::from(line))),
+        ],
+        0,
+    )
 }
 
 /// The precompiled `core` refers to the unwinding personality routine even though the stub

@@ -846,3 +846,28 @@ fn include_runs_no_ldconfig_from_path() {
     );
     assert!(i.stdout.contains("libnss_files.so.2"), "{i}");
 }
+
+// ---------------------------------------------------------------------------------------
+// 14. The stub's failure messages carry their values.
+
+#[test]
+fn stub_failures_name_their_values() {
+    let d = scratch();
+    let p = packed_fixture(d.path());
+    let mut bytes = std::fs::read(&p).unwrap();
+    // The descriptor: its magic, then the format version 2.
+    let at = bytes
+        .windows(12)
+        .position(|w| w == b"ELFPACK\0\x02\0\0\0")
+        .expect("no descriptor");
+    bytes[at + 8] = 99;
+    let bad = d.path().join("bad");
+    std::fs::write(&bad, &bytes).unwrap();
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = run_for(&mut Command::new(&bad), 10);
+    assert_eq!(o.code(), Some(127), "{o}");
+    assert_eq!(
+        o.stderr,
+        "elfpack: packed file is corrupt (bad descriptor): format 99, this stub reads format 2\n"
+    );
+}
