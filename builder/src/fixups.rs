@@ -116,11 +116,7 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
         };
         // Pages still equal to their file hold nothing ld.so wrote (constant tables, such
         // as .eh_frame_hdr's relative offsets, can look like stack addresses on i386).
-        let file = if r.origin.starts_with('/') {
-            crate::files::map(&r.origin).ok()
-        } else {
-            None
-        };
+        let file = r.file.as_ref().and_then(|f| crate::files::map(f).ok());
         // Which pages ld.so wrote (all of them for anonymous memory): those that differ
         // from the file, which the kernel maps zero-padded past its end.
         let written: Vec<bool> = data

@@ -18,6 +18,8 @@ pub struct Region {
     pub prot: Prot,
     /// The file the mapping came from, `[heap]`, `[vdso proxy]`, or empty for anonymous.
     pub origin: String,
+    /// The file mapped, for file mappings (its path as bytes; `origin` is for display).
+    pub file: Option<std::path::PathBuf>,
     /// Offset in `origin` of the first byte, for file mappings.
     pub file_offset: u64,
     /// The contents; `None` for reserved (PROT_NONE) ranges, whose contents nobody reads.
@@ -106,7 +108,7 @@ pub struct Vdso {
 /// A library (or the program, or ld.so) mapped in the image.
 #[derive(Clone, Debug)]
 pub struct Object {
-    pub path: String,
+    pub path: std::path::PathBuf,
     pub base: u64,
 }
 

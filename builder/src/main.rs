@@ -67,7 +67,7 @@ enum Command {
 #[derive(clap::Args)]
 struct BuildArgs {
     /// The program: a path, or a name looked up in PATH.
-    program: String,
+    program: OsString,
     /// Where to write the packed executable.
     #[arg(short, long)]
     output: PathBuf,
@@ -93,7 +93,7 @@ struct BuildArgs {
     /// Load this library at capture too (a path, or a soname found as ld.so would), so
     /// that a later dlopen() of it needs no file on the target. Repeatable.
     #[arg(long = "include", value_name = "LIB")]
-    include: Vec<String>,
+    include: Vec<OsString>,
     /// Leave the symbol table out of OUTPUT.
     #[arg(long)]
     strip: bool,
@@ -256,26 +256,24 @@ fn capture_env(
         let lib_path = env
             .iter()
             .find(|(k, _)| k == "LD_LIBRARY_PATH")
-            .map(|(_, v)| v.to_string_lossy().into_owned());
-        let mut libs = Vec::new();
+            .map(|(_, v)| v.clone());
+        let mut libs: Vec<OsString> = Vec::new();
         for l in &a.include {
-            libs.push(
-                program::find_library(l, arch, lib_path.as_deref())?
-                    .display()
-                    .to_string(),
-            );
+            libs.push(program::find_library(l, arch, lib_path.as_deref())?.into_os_string());
         }
         let existing = env
             .iter()
             .find(|(k, _)| k == "LD_PRELOAD")
-            .map(|(_, v)| v.to_string_lossy().into_owned());
-        let value = existing
-            .into_iter()
-            .chain(libs)
-            .collect::<Vec<_>>()
-            .join(":");
+            .map(|(_, v)| v.clone());
+        let mut value = OsString::new();
+        for (i, part) in existing.into_iter().chain(libs).enumerate() {
+            if i > 0 {
+                value.push(":");
+            }
+            value.push(part);
+        }
         env.retain(|(k, _)| k != "LD_PRELOAD");
-        env.push(("LD_PRELOAD".into(), value.into()));
+        env.push(("LD_PRELOAD".into(), value));
     }
     if let Some(h) = hwcaps {
         let existing = env
@@ -355,7 +353,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     let prog = program::inspect(&path)?;
     let dir = check_output(&a.output, &path)?;
     let plan = cpu::plan(a.cpu, prog.arch)?;
-    let mut argv = vec![OsString::from(&a.program)];
+    let mut argv = vec![a.program.clone()];
     argv.extend(a.args.iter().cloned());
     let opts = capture::Options {
         args: argv,
@@ -468,7 +466,7 @@ fn build(a: &BuildArgs) -> Result<()> {
             plan.hwcaps.as_deref().unwrap_or("nothing")
         );
         for o in &image.objects {
-            eprintln!("  object {:#014x} {}", o.base, o.path);
+            eprintln!("  object {:#014x} {}", o.base, o.path.display());
         }
         if let Some(v) = &image.vdso {
             let names: Vec<&str> = v.entries.iter().map(|e| e.name.as_str()).collect();

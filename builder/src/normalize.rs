@@ -83,6 +83,7 @@ mod tests {
                 end: 0x1000 + bytes.len() as u64,
                 prot: 3,
                 origin: String::new(),
+                file: None,
                 file_offset: 0,
                 data: Some(Data::Owned(bytes)),
             }],

@@ -1,6 +1,8 @@
 //! The input program: finding it like a shell would and deciding whether it can be packed.
 use crate::error::{unpackable, Result};
 use goblin::elf::{header, program_header as ph, Elf};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -47,11 +49,11 @@ pub struct Program {
 
 /// Finds PROGRAM as a shell would: a name with a slash is a path, others are looked up in
 /// PATH.
-pub fn locate(name: &str) -> Result<PathBuf> {
+pub fn locate(name: &OsStr) -> Result<PathBuf> {
     if name.is_empty() {
         return Err(unpackable!("empty program name"));
     }
-    if name.contains('/') {
+    if name.as_bytes().contains(&b'/') {
         return Ok(PathBuf::from(name));
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
@@ -63,7 +65,10 @@ pub fn locate(name: &str) -> Result<PathBuf> {
             }
         }
     }
-    Err(unpackable!("{name}: not found in PATH"))
+    Err(unpackable!(
+        "{}: not found in PATH",
+        Path::new(name).display()
+    ))
 }
 
 /// Reads and checks the program.
@@ -206,8 +211,7 @@ pub fn io_reason(e: &std::io::Error) -> String {
 /// count, then 24-byte entries `{flags, key, value, osversion, hwcap}` whose key and value
 /// are offsets of NUL-terminated strings from the start of the file). An old-format
 /// (`ld.so-1.7.0`) or unreadable cache gives nothing.
-pub fn ld_so_cache(cache: &Path, soname: &str, arch: Arch) -> Vec<PathBuf> {
-    use std::os::unix::ffi::OsStrExt;
+pub fn ld_so_cache(cache: &Path, soname: &OsStr, arch: Arch) -> Vec<PathBuf> {
     const MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
     // FLAG_ELF_LIBC6, and FLAG_X8664_LIB64 for x86-64 (none for i386).
     let want_flags = match arch {
@@ -252,7 +256,8 @@ pub fn ld_so_cache(cache: &Path, soname: &str, arch: Arch) -> Vec<PathBuf> {
 /// Finds a library as ld.so would for `--include`: a name with a slash is a path; a soname
 /// is looked up in LD_LIBRARY_PATH, then in ld.so's cache (read directly), then in the
 /// default directories. The library must match the program's architecture.
-pub fn find_library(name: &str, arch: Arch, ld_library_path: Option<&str>) -> Result<PathBuf> {
+pub fn find_library(name: &OsStr, arch: Arch, ld_library_path: Option<&OsStr>) -> Result<PathBuf> {
+    let shown = Path::new(name).display();
     let matches = |p: &Path| -> bool {
         crate::files::map(p)
             .ok()
@@ -263,14 +268,14 @@ pub fn find_library(name: &str, arch: Arch, ld_library_path: Option<&str>) -> Re
             })
             .unwrap_or(false)
     };
-    if name.contains('/') {
+    if name.as_bytes().contains(&b'/') {
         let p = PathBuf::from(name);
         if !p.is_file() {
-            return Err(unpackable!("--include {name}: no such file"));
+            return Err(unpackable!("--include {shown}: no such file"));
         }
         if !matches(&p) {
             return Err(unpackable!(
-                "--include {name}: not an {} library",
+                "--include {shown}: not an {} library",
                 arch.name()
             ));
         }
@@ -278,11 +283,12 @@ pub fn find_library(name: &str, arch: Arch, ld_library_path: Option<&str>) -> Re
     }
     let mut candidates: Vec<PathBuf> = Vec::new();
     for dir in ld_library_path
-        .unwrap_or("")
-        .split(':')
+        .map(|p| p.as_bytes())
+        .unwrap_or(b"")
+        .split(|&c| c == b':')
         .filter(|d| !d.is_empty())
     {
-        candidates.push(Path::new(dir).join(name));
+        candidates.push(Path::new(OsStr::from_bytes(dir)).join(name));
     }
     candidates.extend(ld_so_cache(Path::new("/etc/ld.so.cache"), name, arch));
     let defaults: &[&str] = match arch {
@@ -307,7 +313,7 @@ pub fn find_library(name: &str, arch: Arch, ld_library_path: Option<&str>) -> Re
     candidates
         .into_iter()
         .find(|p| p.is_file() && matches(p))
-        .ok_or_else(|| unpackable!("--include {name}: no {} library of that name found (LD_LIBRARY_PATH, ld.so cache, default directories)", arch.name()))
+        .ok_or_else(|| unpackable!("--include {shown}: no {} library of that name found (LD_LIBRARY_PATH, ld.so cache, default directories)", arch.name()))
 }
 
 #[cfg(test)]
@@ -351,25 +357,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            ld_so_cache(&p, "libx.so.1", Arch::X86_64),
+            ld_so_cache(&p, OsStr::new("libx.so.1"), Arch::X86_64),
             vec![PathBuf::from("/lib64/libx.so.1")]
         );
         assert_eq!(
-            ld_so_cache(&p, "libx.so.1", Arch::I386),
+            ld_so_cache(&p, OsStr::new("libx.so.1"), Arch::I386),
             vec![PathBuf::from("/lib32/libx.so.1")]
         );
-        assert!(ld_so_cache(&p, "libz.so.1", Arch::X86_64).is_empty());
+        assert!(ld_so_cache(&p, OsStr::new("libz.so.1"), Arch::X86_64).is_empty());
         // Truncated or foreign files give nothing, without a panic.
         let bytes = std::fs::read(&p).unwrap();
         for n in 0..bytes.len() {
             std::fs::write(&p, &bytes[..n]).unwrap();
-            let _ = ld_so_cache(&p, "libx.so.1", Arch::X86_64);
+            let _ = ld_so_cache(&p, OsStr::new("libx.so.1"), Arch::X86_64);
         }
     }
 
     #[test]
     fn reads_this_systems_cache() {
-        let found = ld_so_cache(Path::new("/etc/ld.so.cache"), "libc.so.6", Arch::X86_64);
+        let found = ld_so_cache(
+            Path::new("/etc/ld.so.cache"),
+            OsStr::new("libc.so.6"),
+            Arch::X86_64,
+        );
         assert!(found.iter().any(|p| p.is_file()), "{found:?}");
     }
 }

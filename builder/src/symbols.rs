@@ -2,7 +2,7 @@
 use goblin::elf::Elf;
 
 /// The value of dynamic symbol `name` in the ELF file at `path` (link-time address).
-pub fn lookup_dynsym(path: &str, name: &str) -> Option<u64> {
+pub fn lookup_dynsym(path: &std::path::Path, name: &str) -> Option<u64> {
     let bytes = crate::files::map(path).ok()?;
     let elf = Elf::parse(&bytes).ok()?;
     elf.dynsyms
@@ -13,9 +13,13 @@ pub fn lookup_dynsym(path: &str, name: &str) -> Option<u64> {
 
 /// The addresses in the image of every object's own definition of the data symbol `name`
 /// (for example a program's copy-relocated `__libc_enable_secure`), ld.so excluded.
-pub fn definitions(objects: &[crate::image::Object], name: &str, skip: &str) -> Vec<u64> {
+pub fn definitions(
+    objects: &[crate::image::Object],
+    name: &str,
+    skip: &std::ffi::OsStr,
+) -> Vec<u64> {
     let mut out = Vec::new();
-    for o in objects.iter().filter(|o| o.path != skip) {
+    for o in objects.iter().filter(|o| o.path.as_os_str() != skip) {
         let Ok(bytes) = crate::files::map(&o.path) else {
             continue;
         };

@@ -871,3 +871,108 @@ fn stub_failures_name_their_values() {
         "elfpack: packed file is corrupt (bad descriptor): format 99, this stub reads format 2\n"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 12. Paths are bytes.
+
+/// Runs a packed file and returns its stdout; fails the test unless it exits 0.
+fn run_packed(p: &Path) -> String {
+    let o = run_for(&mut Command::new(p), 30);
+    assert!(o.status.success(), "{}: {o}", p.display());
+    o.stdout
+}
+
+#[test]
+fn a_program_path_that_is_not_utf8_packs() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = scratch();
+    let prog = d.path().join(OsStr::from_bytes(b"prog-\xff\xfe"));
+    copy_mode(&fixture("hardening-x86_64-pie"), &prog, 0o755);
+    let out = d.path().join(OsStr::from_bytes(b"out-\xff"));
+    let o = run_for(
+        Command::new(elfpack())
+            .arg("build")
+            .arg(&prog)
+            .arg("-o")
+            .arg(&out)
+            .arg("-q"),
+        60,
+    );
+    assert!(o.status.success(), "{o}");
+    assert_eq!(run_packed(&out), "hello 42\n");
+    // Found in PATH by a name that is not UTF-8, too.
+    let o = run_for(
+        Command::new(elfpack())
+            .env("PATH", d.path())
+            .arg("build")
+            .arg(OsStr::from_bytes(b"prog-\xff\xfe"))
+            .arg("-o")
+            .arg(&out)
+            .arg("-q"),
+        60,
+    );
+    assert!(o.status.success(), "{o}");
+    assert_eq!(run_packed(&out), "hello 42\n");
+}
+
+#[test]
+fn a_program_whose_name_ends_in_a_space_packs_that_file() {
+    let d = scratch();
+    // "prog " is the fixture; "prog" is another program that must not be packed in its
+    // place.
+    copy_mode(
+        &fixture("hardening-x86_64-pie"),
+        &d.path().join("prog "),
+        0o755,
+    );
+    copy_mode(
+        &fixture("fixture-x86_64-pie"),
+        &d.path().join("prog"),
+        0o755,
+    );
+    let o = build_in(d.path(), "./prog ", "out", &["-q"]);
+    assert!(o.status.success(), "{o}");
+    assert_eq!(run_packed(&d.path().join("out")), "hello 42\n");
+    let i = run_for(
+        Command::new(elfpack())
+            .args(["inspect", "--json"])
+            .arg(d.path().join("out")),
+        30,
+    );
+    assert!(i.stdout.contains("prog \""), "{i}");
+}
+
+#[test]
+fn a_library_path_with_a_newline_keeps_its_build_id() {
+    let d = scratch();
+    let dir = d.path().join("lib\ndir");
+    std::fs::create_dir(&dir).unwrap();
+    let lib = dir.join("libm.so.6");
+    std::fs::copy("/lib/x86_64-linux-gnu/libm.so.6", &lib).unwrap();
+    let o = run_for(
+        Command::new(elfpack())
+            .arg("build")
+            .arg(fixture("hardening-x86_64-pie"))
+            .arg("-o")
+            .arg(d.path().join("out"))
+            .arg("-q")
+            .arg("--include")
+            .arg(&lib),
+        60,
+    );
+    assert!(o.status.success(), "{o}");
+    let i = run_for(
+        Command::new(elfpack())
+            .args(["inspect", "--json"])
+            .arg(d.path().join("out")),
+        30,
+    );
+    let v: serde_json::Value = serde_json::from_str(&i.stdout).unwrap();
+    let libs = v["libraries"].as_array().unwrap();
+    let ours = libs
+        .iter()
+        .find(|l| l["path"].as_str() == Some(lib.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} not among {libs:?}", lib.display()));
+    assert!(ours["build_id"].is_string(), "{ours}");
+    assert_eq!(ours["soname"].as_str(), Some("libm.so.6"), "{ours}");
+}

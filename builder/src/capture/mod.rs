@@ -18,7 +18,8 @@ use crate::program::{Arch, Program};
 use elfpack_stub::abi;
 use nix::sys::signal::Signal;
 use procfs::{Mapping, Memory};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -581,7 +582,7 @@ fn run(
     let maps = procfs::maps(pid)?;
     if let Some(l) = &layout {
         for m in &maps {
-            let special = m.path.starts_with('[') && m.path != "[heap]";
+            let special = m.is_special() && m.path != "[heap]";
             let exe = m.path == exe_path;
             if !special
                 && !exe
@@ -593,7 +594,7 @@ fn run(
                 if !after_exe {
                     return Err(crate::error::unpackable!(
                         "could not keep the image compact: {} at {:#x}-{:#x} lies outside {:#x}-{:#x}",
-                        if m.path.is_empty() { "an anonymous mapping" } else { &m.path },
+                        if m.path.is_empty() { "an anonymous mapping".into() } else { m.path.to_string_lossy() },
                         m.start,
                         m.end,
                         l.window.0,
@@ -606,7 +607,7 @@ fn run(
     // File mappings without a single private (written) page hold the file's own bytes:
     // take them from the file instead of copying them out of the process.
     let unwritten = procfs::unwritten_file_mappings(pid)?;
-    let mut files: std::collections::HashMap<String, std::sync::Arc<crate::files::Bytes>> =
+    let mut files: std::collections::HashMap<OsString, std::sync::Arc<crate::files::Bytes>> =
         Default::default();
     for m in maps.iter().filter(|m| unwritten.contains_key(&m.start)) {
         if !files.contains_key(&m.path) {
@@ -619,7 +620,7 @@ fn run(
     let mut objects: Vec<Object> = Vec::new();
     let mut vdso = None;
     for m in &maps {
-        match m.path.as_str() {
+        match m.path.to_str().unwrap_or("") {
             "[stack]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]" => continue,
             "[vdso]" => vdso = Some((m.start, m.end)),
             _ => {}
@@ -642,11 +643,11 @@ fn run(
         let origin = if m.path == "[vdso]" {
             "[vdso proxy]".to_string()
         } else {
-            m.path.clone()
+            m.path.to_string_lossy().into_owned()
         };
-        if m.path.starts_with('/') && !objects.iter().any(|o| o.path == m.path) {
+        if m.is_file() && !objects.iter().any(|o| o.path.as_os_str() == m.path) {
             objects.push(Object {
-                path: m.path.clone(),
+                path: PathBuf::from(&m.path),
                 base: m.start - m.offset,
             });
         }
@@ -655,6 +656,7 @@ fn run(
             end: m.end,
             prot: m.prot,
             origin,
+            file: m.is_file().then(|| PathBuf::from(&m.path)),
             file_offset: m.offset,
             data,
         });
@@ -685,9 +687,10 @@ fn run(
         (0, 0)
     };
     let (start_code, end_code, start_data, end_data) = program_ranges(prog, &maps, &exe_path);
-    let enable_secure = crate::symbols::lookup_dynsym(&interp_path, "__libc_enable_secure")
-        .map(|v| v + ldso_base)
-        .unwrap_or(0);
+    let enable_secure =
+        crate::symbols::lookup_dynsym(std::path::Path::new(&interp_path), "__libc_enable_secure")
+            .map(|v| v + ldso_base)
+            .unwrap_or(0);
     let image = Image {
         arch: prog.arch,
         regions,
@@ -739,7 +742,7 @@ fn mask(word: usize) -> u64 {
 
 /// start_code/end_code/start_data/end_data as the kernel computed them for the original
 /// program (linux `fs/binfmt_elf.c`, `load_elf_binary`), from its PT_LOADs and load bias.
-fn program_ranges(prog: &Program, maps: &[Mapping], exe_path: &str) -> (u64, u64, u64, u64) {
+fn program_ranges(prog: &Program, maps: &[Mapping], exe_path: &OsStr) -> (u64, u64, u64, u64) {
     let lowest = maps
         .iter()
         .filter(|m| m.path == exe_path)
