@@ -365,6 +365,14 @@ fn build(a: &BuildArgs) -> Result<()> {
     };
     let t_capture = Instant::now();
     // Two captures, at once: the second shows which words still vary from run to run.
+    // It gets one argument more, which shows where ld.so keeps argc (`_dl_argc`): the
+    // stub sets that to each run's own. With --stop-at-entry the initializers ran and may
+    // have acted on the arguments, so both captures get the same.
+    let argc_probe = (!a.stop_at_entry).then_some(opts.args.len() as u64);
+    let mut second_args = opts.args.clone();
+    if argc_probe.is_some() {
+        second_args.push(OsString::from("elfpack-argc-probe"));
+    }
     let (first, second) = std::thread::scope(|s| {
         let other = s.spawn(|| {
             let c = capture::capture(
@@ -373,6 +381,7 @@ fn build(a: &BuildArgs) -> Result<()> {
                     skip_code: true,
                     // ld.so's messages are shown once, from the first capture.
                     quiet: true,
+                    args: second_args,
                     ..opts.clone()
                 },
             )?;
@@ -397,7 +406,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     let (mut image, fixup_notes, warnings) = first?;
     let image2 = second?;
     let capture_time = t_capture.elapsed();
-    let varying = normalize::zero_differences(&mut image, &image2)?;
+    let varying = normalize::zero_differences(&mut image, &image2, argc_probe)?;
     drop(image2);
     let unknown = vdso::find_entries(&mut image)?;
     image.cpu_needs = plan.needs;

@@ -137,6 +137,8 @@ pub mod fixup_kind {
     /// copies of `__libc_enable_secure` other than ld.so's own (a program's copy
     /// relocation of it).
     pub const SECURE_FLAG: u32 = 10;
+    /// A 32-bit `int`, not a word: this run's argc (ld.so's `_dl_argc`).
+    pub const ARGC_INT: u32 = 11;
 }
 
 /// One word of the image to rewrite at restore.

@@ -92,6 +92,12 @@ pub fn apply(d: &'static Descriptor, st: &InitialStack) {
             unsafe { (f.addr as usize as *mut i32).write(i32::from(secure)) };
             continue;
         }
+        if f.kind == k::ARGC_INT {
+            // SAFETY: the builder names a 4-byte aligned `int` that held the capture's argc
+            // (ld.so's `_dl_argc`, glibc `elf/rtld.c`), in a page mapped writable.
+            unsafe { (f.addr as usize as *mut i32).write(st.argc as i32) };
+            continue;
+        }
         let v = value(d, st, f);
         // SAFETY: fixup addresses are word-aligned words of the image that the builder
         // mapped writable (its `Protect` entries seal them afterwards).

@@ -976,3 +976,58 @@ fn a_library_path_with_a_newline_keeps_its_build_id() {
     assert!(ours["build_id"].is_string(), "{ours}");
     assert_eq!(ours["soname"].as_str(), Some("libm.so.6"), "{ours}");
 }
+
+// ---------------------------------------------------------------------------------------
+// 13. Reproducible whatever the capture's environment, directory and arguments.
+
+#[test]
+fn builds_do_not_depend_on_the_capture_environment() {
+    for arch in ["x86_64", "i386"] {
+        let d = scratch();
+        let fx = fixture(&format!("hardening-{arch}-pie"));
+        let other_dir = d.path().join("elsewhere");
+        std::fs::create_dir(&other_dir).unwrap();
+        let build = |dir: &Path, out: &str, env: &[(&str, &str)], args: &[&str]| {
+            let mut cmd = Command::new(elfpack());
+            cmd.current_dir(dir)
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .envs(env.iter().copied())
+                .arg("build")
+                .arg(&fx)
+                .arg("-o")
+                .arg(d.path().join(out))
+                .arg("-q")
+                .arg("--")
+                .args(args);
+            let o = run_for(&mut cmd, 60);
+            assert!(o.status.success(), "{o}");
+            std::fs::read(d.path().join(out)).unwrap()
+        };
+        let a = build(d.path(), "a", &[("HOME", "/root"), ("TMPDIR", "/tmp")], &[]);
+        let b = build(
+            &other_dir,
+            "b",
+            &[
+                ("TMPDIR", "/var/tmp/a/much/longer/directory"),
+                ("UNRELATED", "x"),
+                ("HOME", "/home/someone-else"),
+            ],
+            &["one", "two", "three"],
+        );
+        let differ: Vec<usize> = a
+            .iter()
+            .zip(&b)
+            .enumerate()
+            .filter(|(_, (x, y))| x != y)
+            .map(|(i, _)| i)
+            .take(10)
+            .collect();
+        assert!(
+            a.len() == b.len() && differ.is_empty(),
+            "{arch}: builds differ (sizes {} and {}) at file offsets {differ:x?}",
+            a.len(),
+            b.len()
+        );
+    }
+}
