@@ -90,6 +90,15 @@ fn main() {
                 &out.join(format!("hardening-{arch}-{pie}")),
             );
         }
+        // Linked at the lowest address the kernel maps: no room below it for an i386 stub.
+        compile(
+            false,
+            m32,
+            &["-fno-pie", "-no-pie", "-Wl,-Ttext-segment=0x10000"],
+            &[&hardening],
+            &[],
+            &out.join(format!("hardening-low-{arch}")),
+        );
         compile(
             false,
             m32,

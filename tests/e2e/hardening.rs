@@ -1031,3 +1031,17 @@ fn builds_do_not_depend_on_the_capture_environment() {
         );
     }
 }
+
+#[test]
+fn an_image_without_room_for_the_stub_cannot_be_packed() {
+    // i386 puts the stub below the image; a program linked at 0x10000 leaves no room.
+    let d = scratch();
+    let o = build_in(
+        d.path(),
+        fixture("hardening-low-i386").to_str().unwrap(),
+        "out",
+        &[],
+    );
+    one_line_error(&o, 3, "no room below the image for the stub");
+    assert!(!d.path().join("out").exists());
+}
