@@ -16,6 +16,7 @@ mod meta;
 mod normalize;
 mod output;
 mod program;
+mod sections;
 mod stub_blob;
 mod symbols;
 mod vdso;
@@ -425,11 +426,13 @@ fn build(a: &BuildArgs) -> Result<()> {
     // is reported, and the temporary file removed).
     let deferred = DeferSignals::new();
     let tmp = output::Pending::create(&dir)?;
-    let stats = writer::write(tmp.file(), &mut image, &symbols, |image, st, usage| {
+    let mut stats = writer::write(tmp.file(), &mut image, &symbols, |image, st, usage| {
         let m = meta::build(image, &prog, usage, st.stub_size, st.segments as u64, nsyms);
         serde_json::to_vec(&m).expect("serialisable")
     })
     .map_err(|e| writer_error(e, &a.output))?;
+    stats.file_size =
+        sections::make_consistent(tmp.file()).map_err(|e| writer_error(e, &a.output))?;
     let write_time = t_write.elapsed();
     tmp.persist(&a.output, output::executable_mode())?;
     drop(deferred);

@@ -87,7 +87,12 @@ pub fn collect(objects: &[crate::image::Object]) -> Vec<ImageSymbol> {
                 {
                     continue;
                 }
-                let Some(name) = strs.get_at(s.st_name).filter(|n| !n.is_empty()) else {
+                // `_GLOBAL_OFFSET_TABLE_` names a linker-made .got section, which the
+                // packed file does not have (ELF checkers insist on one).
+                let Some(name) = strs
+                    .get_at(s.st_name)
+                    .filter(|n| !n.is_empty() && *n != "_GLOBAL_OFFSET_TABLE_")
+                else {
                     continue;
                 };
                 out.push(ImageSymbol {

@@ -1045,3 +1045,56 @@ fn an_image_without_room_for_the_stub_cannot_be_packed() {
     one_line_error(&o, 3, "no room below the image for the stub");
     assert!(!d.path().join("out").exists());
 }
+
+// ---------------------------------------------------------------------------------------
+// 16. The output is lint-clean.
+
+#[test]
+fn output_is_elflint_and_readelf_clean() {
+    let elflint = require("eu-elflint");
+    let readelf = require("readelf");
+    let d = scratch();
+    let inputs: Vec<(PathBuf, &[&str])> = vec![
+        (fixture("hardening-x86_64-pie"), &[]),
+        (fixture("hardening-x86_64-nopie"), &["--strip"]),
+        (fixture("hardening-i386-pie"), &[]),
+        (fixture("hardening-i386-nopie"), &[]),
+        (fixture("fixture-x86_64-pie"), &[]),
+        (fixture("fixture-i386-nopie"), &[]),
+        (fixture("cxx-x86_64-pie"), &[]),
+        (PathBuf::from("/bin/ls"), &[]),
+        (PathBuf::from("/usr/bin/sort"), &[]),
+        (PathBuf::from("/bin/bash"), &["--strip"]),
+    ];
+    for (i, (input, extra)) in inputs.iter().enumerate() {
+        let out = d.path().join(format!("out{i}"));
+        let o = run_for(
+            Command::new(elfpack())
+                .arg("build")
+                .arg(input)
+                .arg("-o")
+                .arg(&out)
+                .arg("-q")
+                .args(*extra),
+            60,
+        );
+        assert!(o.status.success(), "{}: {o}", input.display());
+        let lint = run_for(Command::new(&elflint).arg("--gnu-ld").arg(&out), 60);
+        assert!(
+            lint.status.success() && lint.stdout == "No errors\n" && lint.stderr.is_empty(),
+            "eu-elflint on the packed {}: {lint}",
+            input.display()
+        );
+        let re = run_for(Command::new(&readelf).args(["-a", "-W"]).arg(&out), 60);
+        assert!(
+            re.status.success() && re.stderr.is_empty(),
+            "readelf -a on the packed {}: {}",
+            input.display(),
+            re.stderr
+        );
+        // Still runs.
+        if input.starts_with(Path::new(env!("FIXTURES_DIR"))) && i < 4 {
+            assert_eq!(run_packed(&out), "hello 42\n");
+        }
+    }
+}
