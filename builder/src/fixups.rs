@@ -63,9 +63,15 @@ fn classify(st: &StackInfo, w: u64, v: u64, addr: u64) -> Result<Fixup> {
         }
     }
     for (p, s) in &st.envp {
-        // Anywhere inside the string: ld.so's tunables keep pointers into the value of
-        // GLIBC_TUNABLES (`glibc.cpu.hwcaps`, glibc `elf/dl-tunables.c`).
-        if v >= *p && v <= p + s.len() as u64 {
+        let value_at = s
+            .iter()
+            .position(|&c| c == b'=')
+            .map_or(0, |i| i as u64 + 1);
+        // Inside GLIBC_TUNABLES too: ld.so's tunables keep pointers into its value
+        // (`glibc.cpu.hwcaps`, glibc `elf/dl-tunables.c`). Elsewhere only the start and
+        // the value count, so that ordinary data is not taken for a pointer.
+        let tunables = s.starts_with(b"GLIBC_TUNABLES=");
+        if v == *p || v == p + value_at || (tunables && v >= *p && v <= p + s.len() as u64) {
             let mut fx = f(k::ENV_STRING, 0, v - p);
             let mut copy = s.clone();
             copy.push(0);
@@ -188,7 +194,10 @@ mod tests {
             hi: 0x9000,
             sp: 0x8000,
             argv: vec![(0x8800, 4), (0x8805, 3)],
-            envp: vec![(0x8810, b"HOME=/root".to_vec())],
+            envp: vec![
+                (0x8810, b"HOME=/root".to_vec()),
+                (0x8830, b"GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX".to_vec()),
+            ],
             auxv_addr: 0x8028,
             auxv: vec![(25, 0x8900), (15, 0x8920), (0, 0)],
         }
@@ -215,10 +224,22 @@ mod tests {
     }
 
     #[test]
+    fn pointers_into_glibc_tunables_are_fixups() {
+        let st = stack();
+        // ld.so's glibc.cpu.hwcaps tunable points at "-AVX", inside the value.
+        let f = classify(&st, 8, 0x8830 + 32, 0x100).unwrap();
+        assert_eq!((f.kind, f.offset), (k::ENV_STRING, 32));
+        assert_eq!(
+            f.string.as_deref(),
+            Some(&b"GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX\0"[..])
+        );
+    }
+
+    #[test]
     fn leaves_values_that_merely_fall_in_the_range() {
         let st = stack();
-        // Misaligned inside an array, inside an argument but not at its start.
-        for v in [0x8009, 0x8802, 0x7100] {
+        // Misaligned inside an array, inside a string but not at its start or value.
+        for v in [0x8009, 0x8802, 0x8812, 0x7100] {
             assert!(classify(&st, 8, v, 0x100).is_err(), "{v:#x}");
         }
     }
