@@ -4,8 +4,9 @@
 //! tables, the interpreter path and the `.elfpack` document, and truncations), and each
 //! case runs the real binary with a deadline. Properties: no panic (exit 101 or a signal),
 //! no hang, exactly one error line with a documented status on failure, no OUTPUT left
-//! after an error, and the input file never modified. The number of cases is fixed, so CI
-//! time is bounded (about 6 s here); ELFPACK_FUZZ_CASES raises it for a longer run.
+//! after an error, and the input file never modified. The cases are fixed (a deterministic
+//! generator), so CI time is bounded (a few seconds here) and a failure replays;
+//! ELFPACK_FUZZ_CASES=N runs N fresh random cases instead.
 use elfpack_tests::{elfpack, fixture, scratch};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -117,6 +118,22 @@ fn cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// A runner of `n` cases: the same cases at every run (CI), or fresh random ones when
+/// ELFPACK_FUZZ_CASES asks for a longer run.
+fn runner(n: u32) -> TestRunner {
+    let config = Config {
+        cases: cases(n),
+        failure_persistence: None,
+        ..Config::default()
+    };
+    if std::env::var_os("ELFPACK_FUZZ_CASES").is_some() {
+        TestRunner::new(config)
+    } else {
+        let rng = proptest::test_runner::TestRng::deterministic_rng(config.rng_algorithm);
+        TestRunner::new_with_rng(config, rng)
+    }
+}
+
 /// Checks the properties of one finished run that failed or succeeded.
 fn check_outcome(
     what: &str,
@@ -163,11 +180,7 @@ fn fuzz_build_program_check() {
     );
     let input = d.path().join("prog");
     let out = d.path().join("out");
-    let mut runner = TestRunner::new(Config {
-        cases: cases(300),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner(300);
     runner
         .run(&mutations(), |m| {
             let bytes = mutate(&seed, &ranges, &m);
@@ -224,11 +237,7 @@ fn fuzz_inspect() {
     let seed = std::fs::read(&packed).unwrap();
     let ranges = elf_ranges(&seed, &[".elfpack", ".shstrtab"], &[]);
     let input = d.path().join("in");
-    let mut runner = TestRunner::new(Config {
-        cases: cases(300),
-        failure_persistence: None,
-        ..Config::default()
-    });
+    let mut runner = runner(300);
     runner
         .run(&mutations(), |m| {
             let bytes = mutate(&seed, &ranges, &m);
