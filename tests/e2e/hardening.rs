@@ -1098,3 +1098,18 @@ fn output_is_elflint_and_readelf_clean() {
         }
     }
 }
+
+#[test]
+fn a_program_the_kernel_refuses_at_exec_is_not_run_by_a_shell() {
+    // e_phentsize one more than the kernel's struct size: every check of elfpack passes,
+    // execve fails with ENOEXEC, and execvp would have run /bin/sh with it.
+    let d = scratch();
+    let mut bytes = std::fs::read(fixture("hardening-x86_64-pie")).unwrap();
+    bytes[54] = 57;
+    let p = d.path().join("prog");
+    std::fs::write(&p, &bytes).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = build_in(d.path(), "./prog", "out", &[]);
+    one_line_error(&o, 3, "the kernel refuses to execute it");
+    assert!(!d.path().join("out").exists(), "{o}");
+}

@@ -115,12 +115,18 @@ impl Tracee {
                 Err(std::io::Error::last_os_error())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
-            capture_err!(
+        let child = cmd.spawn().map_err(|e| match e.raw_os_error() {
+            // The kernel refuses the file itself: it cannot be packed.
+            Some(nix::libc::ENOEXEC) | Some(nix::libc::EACCES) => crate::error::unpackable!(
+                "{}: the kernel refuses to execute it ({})",
+                program.display(),
+                crate::program::io_reason(&e).to_lowercase()
+            ),
+            _ => capture_err!(
                 "cannot run {}: {}",
                 program.display(),
                 crate::program::io_reason(&e)
-            )
+            ),
         })?;
         let mut t = Tracee {
             pid: Pid::from_raw(child.id() as i32),
