@@ -52,6 +52,14 @@ fn main() {
         false,
         false,
         &["-shared", "-fPIC"],
+        &[&dir.join("fork_audit.c")],
+        &[],
+        &out.join("fork_audit.so"),
+    );
+    compile(
+        false,
+        false,
+        &["-shared", "-fPIC"],
         &[&slow_audit],
         &[],
         &out.join("slow_audit.so"),

@@ -410,6 +410,17 @@ fn wait_gone(pid: i32, secs: u64) -> bool {
 fn a_fork_during_capture_leaves_no_process() {
     // An IFUNC resolver of the program forks while ld.so relocates it, at capture; the
     // child would sleep for 30 s.
+    fork_leaves_no_process(&[]);
+}
+
+#[test]
+fn a_fork_in_an_audit_library_leaves_no_process() {
+    // An LD_AUDIT module forks in la_version, before anything else is loaded.
+    let audit = format!("--env=LD_AUDIT={}", fixture("fork_audit.so").display());
+    fork_leaves_no_process(&[&audit]);
+}
+
+fn fork_leaves_no_process(extra: &[&str]) {
     let d = scratch();
     let pidfile = d.path().join("pid");
     let env = format!("--env=HARDENING_FORK={}", pidfile.display());
@@ -423,6 +434,7 @@ fn a_fork_during_capture_leaves_no_process() {
             .arg("build")
             .arg(&prog)
             .args(["-o", "out", &env])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(&log).unwrap()),
