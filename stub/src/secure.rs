@@ -20,45 +20,25 @@
 use crate::stack::InitialStack;
 use linux_raw_sys::auxvec as at;
 
-/// glibc 2.36's `UNSECURE_ENVVARS` (with tunables enabled, so without GLIBC_TUNABLES).
-const UNSECURE: [&[u8]; 22] = [
-    b"GCONV_PATH",
-    b"GETCONF_DIR",
-    b"HOSTALIASES",
-    b"LD_AUDIT",
-    b"LD_DEBUG",
-    b"LD_DEBUG_OUTPUT",
-    b"LD_DYNAMIC_WEAK",
-    b"LD_HWCAP_MASK",
-    b"LD_LIBRARY_PATH",
-    b"LD_ORIGIN_PATH",
-    b"LD_PRELOAD",
-    b"LD_PROFILE",
-    b"LD_SHOW_AUXV",
-    b"LOCALDOMAIN",
-    b"LOCPATH",
-    b"MALLOC_TRACE",
-    b"NIS_PATH",
-    b"NLSPATH",
-    b"RESOLV_HOST_CONF",
-    b"RES_OPTIONS",
-    b"TMPDIR",
-    b"TZDIR",
-];
+/// glibc 2.36's `UNSECURE_ENVVARS` (with tunables enabled, so without GLIBC_TUNABLES), as
+/// glibc itself keeps it: names separated by NULs (one string, so the stub needs no
+/// relocation for it).
+const UNSECURE: &[u8] = b"GCONV_PATH\0GETCONF_DIR\0HOSTALIASES\0LD_AUDIT\0LD_DEBUG\0\
+LD_DEBUG_OUTPUT\0LD_DYNAMIC_WEAK\0LD_HWCAP_MASK\0LD_LIBRARY_PATH\0LD_ORIGIN_PATH\0\
+LD_PRELOAD\0LD_PROFILE\0LD_SHOW_AUXV\0LOCALDOMAIN\0LOCPATH\0MALLOC_TRACE\0NIS_PATH\0\
+NLSPATH\0RESOLV_HOST_CONF\0RES_OPTIONS\0TMPDIR\0TZDIR";
 
 /// The tunables of glibc 2.36 whose security level is `SXID_IGNORE` (`elf/dl-tunables.list`,
 /// `sysdeps/*/dl-tunables.list`): they stay in GLIBC_TUNABLES of a secure run; every other
 /// item (the default level, `SXID_ERASE`, unknown names, items without '=') is removed.
-const KEPT_TUNABLES: [&[u8]; 8] = [
-    b"glibc.malloc.top_pad",
-    b"glibc.malloc.perturb",
-    b"glibc.malloc.mmap_threshold",
-    b"glibc.malloc.trim_threshold",
-    b"glibc.malloc.mmap_max",
-    b"glibc.malloc.arena_max",
-    b"glibc.malloc.arena_test",
-    b"glibc.mem.tagging",
-];
+const KEPT_TUNABLES: &[u8] = b"glibc.malloc.top_pad\0glibc.malloc.perturb\0\
+glibc.malloc.mmap_threshold\0glibc.malloc.trim_threshold\0glibc.malloc.mmap_max\0\
+glibc.malloc.arena_max\0glibc.malloc.arena_test\0glibc.mem.tagging";
+
+/// Whether `entry` ("NAME=value") has one of the NUL-separated `names`.
+fn named_in(entry: &[u8], names: &[u8]) -> bool {
+    names.split(|&c| c == 0).any(|n| named(entry, n))
+}
 
 /// The NUL-terminated string at `p` as a slice.
 fn cstr<'a>(p: *const u8) -> &'a [u8] {
@@ -68,9 +48,10 @@ fn cstr<'a>(p: *const u8) -> &'a [u8] {
 }
 
 /// Whether the entry "NAME=value" has the name `name` (glibc `unsetenv`: `strncmp` of the
-/// name and '=' right after it).
+/// name and '=' right after it). No indexing that could panic: the stub carries no panic
+/// formatting code.
 fn named(entry: &[u8], name: &[u8]) -> bool {
-    entry.len() > name.len() && entry.starts_with(name) && entry[name.len()] == b'='
+    entry.starts_with(name) && entry.get(name.len()) == Some(&b'=')
 }
 
 /// Whether `/etc/suid-debug` exists (glibc keeps MALLOC_CHECK_ then).
@@ -95,36 +76,45 @@ fn suid_debug() -> bool {
 }
 
 /// Rewrites "GLIBC_TUNABLES=a=1:b=2" in place, keeping only the items of [`KEPT_TUNABLES`]
-/// in their order. The result is never longer than the input.
+/// in their order. The result is never longer than the input, so bytes only move towards
+/// the start of the string.
 fn filter_tunables(entry: *mut u8) {
     const PREFIX: usize = b"GLIBC_TUNABLES=".len();
     let len = InitialStack::strlen(entry);
     // SAFETY: `entry` is a NUL-terminated environment string of `len` bytes on the initial
-    // stack, which is writable; the in-place rewrite only moves bytes towards its start.
+    // stack, which the kernel maps writable (linux `fs/binfmt_elf.c`, `create_elf_tables`).
     let s = unsafe { core::slice::from_raw_parts_mut(entry, len + 1) };
     let mut out = PREFIX;
     let mut i = PREFIX;
     while i < len {
-        let mut end = i;
-        while end < len && s[end] != b':' {
-            end += 1;
-        }
-        let item_len = end - i;
-        let keep = {
-            let item = &s[i..end];
-            KEPT_TUNABLES.iter().any(|n| named(item, n))
-        };
+        let end = s
+            .get(i..len)
+            .and_then(|rest| rest.iter().position(|&c| c == b':'))
+            .map_or(len, |p| i + p);
+        let keep = s
+            .get(i..end)
+            .is_some_and(|item| named_in(item, KEPT_TUNABLES));
         if keep {
             if out > PREFIX {
-                s[out] = b':';
+                if let Some(b) = s.get_mut(out) {
+                    *b = b':';
+                }
                 out += 1;
             }
-            s.copy_within(i..end, out);
-            out += item_len;
+            // Forwards copy: `out` <= `i`, so no byte is overwritten before it is read.
+            for k in i..end {
+                let c = s.get(k).copied().unwrap_or(0);
+                if let Some(b) = s.get_mut(out) {
+                    *b = c;
+                }
+                out += 1;
+            }
         }
         i = end + 1;
     }
-    s[out] = 0;
+    if let Some(b) = s.get_mut(out) {
+        *b = 0;
+    }
 }
 
 /// Step 3b: under AT_SECURE, the environment ld.so would have left to a secure program.
@@ -137,8 +127,7 @@ pub fn scrub_environment(st: &mut InitialStack) {
     for i in 0..st.envc {
         let p = st.env(i);
         let e = cstr(p);
-        let drop = UNSECURE.iter().any(|n| named(e, n))
-            || (!keep_malloc_check && named(e, b"MALLOC_CHECK_"));
+        let drop = named_in(e, UNSECURE) || (!keep_malloc_check && named(e, b"MALLOC_CHECK_"));
         if drop {
             continue;
         }
