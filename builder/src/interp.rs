@@ -48,7 +48,9 @@ fn is_musl(bytes: &[u8]) -> bool {
 /// Checks that `interp` is a glibc ld.so of `arch`: an ELF shared object of the program's
 /// class and machine that defines the version `GLIBC_PRIVATE` and the symbols of glibc's
 /// loader that the capture and the stub rely on (`_dl_argv`, `__libc_enable_secure`).
-pub fn check(shown: &str, interp: &Path, arch: Arch) -> Result<()> {
+/// Returns whether its list of variables removed in secure mode is the one the stub
+/// applies (glibc 2.36's).
+pub fn check(shown: &str, interp: &Path, arch: Arch) -> Result<bool> {
     let name = interp.display();
     let musl = || {
         unpackable!(
@@ -103,5 +105,5 @@ pub fn check(shown: &str, interp: &Path, arch: Arch) -> Result<()> {
         }
         return Err(not_glibc("no GLIBC_PRIVATE loader symbols"));
     }
-    Ok(())
+    Ok(elfpack_stub::secure_env::ld_so_has_this_list(&bytes))
 }

@@ -443,6 +443,12 @@ fn build(a: &BuildArgs) -> Result<()> {
         {
             eprintln!("elfpack: warning: {w}");
         }
+        if !prog.secure_list_known {
+            eprintln!(
+                "elfpack: warning: {} is not glibc 2.36's ld.so: if the packed file is made setuid, it removes glibc 2.36's list of unsecure variables, not this loader's",
+                prog.interp.display()
+            );
+        }
     }
     if a.verbose {
         for w in &warnings {

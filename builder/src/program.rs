@@ -45,6 +45,8 @@ pub struct Program {
     pub stack_flags: u32,
     /// The program's PT_LOAD segments as (vaddr, memsz, filesz, flags), link-time addresses.
     pub loads: Vec<(u64, u64, u64, u32)>,
+    /// Whether ld.so removes in secure mode exactly what the stub removes (glibc 2.36).
+    pub secure_list_known: bool,
 }
 
 /// Finds PROGRAM as a shell would: a name with a slash is a path, others are looked up in
@@ -151,7 +153,7 @@ pub fn inspect(path: &Path) -> Result<Program> {
     };
     // The capture runs the interpreter: it must be glibc's ld.so, checked before anything
     // runs.
-    crate::interp::check(&shown.to_string(), &interp, arch)?;
+    let secure_list_known = crate::interp::check(&shown.to_string(), &interp, arch)?;
     let stack_flags = elf
         .program_headers
         .iter()
@@ -170,6 +172,7 @@ pub fn inspect(path: &Path) -> Result<Program> {
         interp,
         stack_flags,
         loads,
+        secure_list_known,
     })
 }
 

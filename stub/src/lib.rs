@@ -8,4 +8,5 @@
 
 pub mod abi;
 pub mod errno;
+pub mod secure_env;
 pub mod vdso_elf;

@@ -18,22 +18,8 @@
 //! a fixup to this run's auxv, and a dynamically linked libc does not walk envp
 //! (`csu/libc-start.c` scans for the auxv only `#ifndef SHARED`).
 use crate::stack::InitialStack;
+use elfpack_stub::secure_env::{KEPT_TUNABLES, UNSECURE};
 use linux_raw_sys::auxvec as at;
-
-/// glibc 2.36's `UNSECURE_ENVVARS` (with tunables enabled, so without GLIBC_TUNABLES), as
-/// glibc itself keeps it: names separated by NULs (one string, so the stub needs no
-/// relocation for it).
-const UNSECURE: &[u8] = b"GCONV_PATH\0GETCONF_DIR\0HOSTALIASES\0LD_AUDIT\0LD_DEBUG\0\
-LD_DEBUG_OUTPUT\0LD_DYNAMIC_WEAK\0LD_HWCAP_MASK\0LD_LIBRARY_PATH\0LD_ORIGIN_PATH\0\
-LD_PRELOAD\0LD_PROFILE\0LD_SHOW_AUXV\0LOCALDOMAIN\0LOCPATH\0MALLOC_TRACE\0NIS_PATH\0\
-NLSPATH\0RESOLV_HOST_CONF\0RES_OPTIONS\0TMPDIR\0TZDIR";
-
-/// The tunables of glibc 2.36 whose security level is `SXID_IGNORE` (`elf/dl-tunables.list`,
-/// `sysdeps/*/dl-tunables.list`): they stay in GLIBC_TUNABLES of a secure run; every other
-/// item (the default level, `SXID_ERASE`, unknown names, items without '=') is removed.
-const KEPT_TUNABLES: &[u8] = b"glibc.malloc.top_pad\0glibc.malloc.perturb\0\
-glibc.malloc.mmap_threshold\0glibc.malloc.trim_threshold\0glibc.malloc.mmap_max\0\
-glibc.malloc.arena_max\0glibc.malloc.arena_test\0glibc.mem.tagging";
 
 /// Whether `entry` ("NAME=value") has one of the NUL-separated `names`.
 fn named_in(entry: &[u8], names: &[u8]) -> bool {

@@ -1125,3 +1125,38 @@ fn a_program_the_kernel_refuses_at_exec_is_not_run_by_a_shell() {
     one_line_error(&o, 3, "the kernel refuses to execute it");
     assert!(!d.path().join("out").exists(), "{o}");
 }
+
+#[test]
+fn a_loader_with_another_unsecure_list_is_warned_about() {
+    // The stub applies glibc 2.36's list; a loader whose own list differs gets a warning.
+    let d = scratch();
+    let mut ld = std::fs::read("/lib64/ld-linux-x86-64.so.2").unwrap();
+    let at = ld
+        .windows(14)
+        .position(|w| w == b"TMPDIR\0TZDIR\0\0")
+        .expect("glibc 2.36's list in ld.so");
+    ld[at + 5] = b'S';
+    std::fs::write(d.path().join("x"), &ld).unwrap();
+    std::fs::set_permissions(d.path().join("x"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    with_interp(
+        &fixture("hardening-x86_64-pie"),
+        &d.path().join("prog"),
+        Some(b"./x"),
+        None,
+    );
+    let o = build_in(d.path(), "./prog", "out", &[]);
+    assert!(o.status.success(), "{o}");
+    assert!(
+        o.stderr.contains("warning: ./x is not glibc 2.36's ld.so"),
+        "{o}"
+    );
+    assert_eq!(run_packed(&d.path().join("out")), "hello 42\n");
+    // The real loader: no warning.
+    let o = build_in(
+        d.path(),
+        fixture("hardening-x86_64-pie").to_str().unwrap(),
+        "out2",
+        &[],
+    );
+    assert!(!o.stderr.contains("warning"), "{o}");
+}
