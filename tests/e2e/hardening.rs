@@ -482,12 +482,18 @@ fn processes_with(marker: &str) -> Vec<i32> {
 
 /// Starts `elfpack build` of the fixture into `dir/out` with the capture argument
 /// `marker`, kills it with `sig` after `delay`, and waits for it.
-fn build_and_kill(dir: &Path, marker: &str, delay: Duration, sig: nix::sys::signal::Signal) {
+fn build_and_kill(
+    dir: &Path,
+    program: &Path,
+    marker: &str,
+    delay: Duration,
+    sig: nix::sys::signal::Signal,
+) {
     let mut child = elfpack_tests::spawn(
         Command::new(elfpack())
             .current_dir(dir)
             .arg("build")
-            .arg(fixture("hardening-x86_64-pie"))
+            .arg(program)
             .args(["-o", "out", "-q", "--", marker])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -509,14 +515,17 @@ fn build_and_kill(dir: &Path, marker: &str, delay: Duration, sig: nix::sys::sign
 }
 
 /// Delays spread over a build's life (spawn, the two captures, writing), from a fixed
-/// sequence so that a failure can be replayed.
-fn kill_delays(n: usize) -> impl Iterator<Item = (usize, Duration, nix::sys::signal::Signal)> {
+/// sequence so that a failure can be replayed. With `early`, most kills land where
+/// elfpack starts the tracees (the first few milliseconds), the rest anywhere.
+fn kill_delays(
+    n: usize,
+    early: bool,
+    span_us: u64,
+) -> impl Iterator<Item = (usize, Duration, nix::sys::signal::Signal)> {
     use nix::sys::signal::Signal;
-    (0..n).map(|i| {
-        // Most kills land where elfpack starts the tracee (the first few milliseconds),
-        // the rest anywhere in the build.
-        let us = if i % 4 == 3 {
-            (i as u64 * 7919 + 1237) % 40_000
+    (0..n).map(move |i| {
+        let us = if !early || i % 4 == 3 {
+            (i as u64 * 7919 + 1237) % span_us
         } else {
             (i as u64 * 7919 + 1237) % 5_000
         };
@@ -532,9 +541,10 @@ fn kill_delays(n: usize) -> impl Iterator<Item = (usize, Duration, nix::sys::sig
 #[test]
 fn a_killed_build_leaves_no_process() {
     let d = scratch();
-    for (i, delay, sig) in kill_delays(50) {
+    let prog = fixture("hardening-x86_64-pie");
+    for (i, delay, sig) in kill_delays(50, true, 40_000) {
         let marker = format!("hardening-kill-{}-{i}", std::process::id());
-        build_and_kill(d.path(), &marker, delay, sig);
+        build_and_kill(d.path(), &prog, &marker, delay, sig);
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut left = processes_with(&marker);
         while !left.is_empty() && Instant::now() < deadline {
@@ -558,9 +568,11 @@ fn a_killed_build_leaves_no_process() {
 #[test]
 fn a_killed_build_leaves_no_temporary_file() {
     let d = scratch();
-    for (i, delay, sig) in kill_delays(50) {
+    // python3: its output is large, so that many kills land while it is written.
+    let prog = PathBuf::from("/usr/bin/python3");
+    for (i, delay, sig) in kill_delays(50, false, 80_000) {
         let marker = format!("hardening-tmp-{}-{i}", std::process::id());
-        build_and_kill(d.path(), &marker, delay, sig);
+        build_and_kill(d.path(), &prog, &marker, delay, sig);
         let left: Vec<String> = std::fs::read_dir(d.path())
             .unwrap()
             .flatten()
