@@ -74,6 +74,15 @@ fn main() {
     let libsrc = dir.join("libneeded.c");
     let dlopen_soname = dir.join("dlopen_soname.c");
     let slow_audit = dir.join("slow_audit.c");
+    let hardening = dir.join("hardening.c");
+    compile(
+        false,
+        false,
+        &["-shared", "-fPIC"],
+        &[&dir.join("fork_audit.c")],
+        &[],
+        &out.join("fork_audit.so"),
+    );
     compile(
         false,
         false,
@@ -125,6 +134,37 @@ fn main() {
             &nostack,
         );
         drop_gnu_stack(&nostack);
+        // The hardening tests' fixture (tests/e2e/hardening.rs).
+        for (pie, flags) in [
+            ("pie", ["-fPIE", "-pie"]),
+            ("nopie", ["-fno-pie", "-no-pie"]),
+        ] {
+            compile(
+                false,
+                m32,
+                &flags,
+                &[&hardening],
+                &[],
+                &out.join(format!("hardening-{arch}-{pie}")),
+            );
+        }
+        // Linked at the lowest address the kernel maps: no room below it for an i386 stub.
+        compile(
+            false,
+            m32,
+            &["-fno-pie", "-no-pie", "-Wl,-Ttext-segment=0x10000"],
+            &[&hardening],
+            &[],
+            &out.join(format!("hardening-low-{arch}")),
+        );
+        compile(
+            false,
+            m32,
+            &["-static"],
+            &[&hardening],
+            &[],
+            &out.join(format!("hardening-static-{arch}")),
+        );
         // A program whose library exists only while the tests create it.
         let libdir = out.join(format!("lib-{arch}"));
         std::fs::create_dir_all(&libdir).unwrap();

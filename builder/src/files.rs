@@ -21,7 +21,11 @@ impl std::ops::Deref for Bytes {
 
 /// Maps `path` read-only.
 pub fn map(path: impl AsRef<Path>) -> std::io::Result<Bytes> {
-    let f = std::fs::File::open(path)?;
+    map_file(&std::fs::File::open(path)?)
+}
+
+/// Maps the open file `f` read-only.
+pub fn map_file(f: &std::fs::File) -> std::io::Result<Bytes> {
     if f.metadata()?.len() == 0 {
         return Ok(Bytes::Empty);
     }
@@ -29,6 +33,6 @@ pub fn map(path: impl AsRef<Path>) -> std::io::Result<Bytes> {
     // that nothing rewrites while it runs (a concurrent rewrite could change what is read,
     // not memory safety of elfpack's own data: the bytes are only parsed, with bounds
     // checks, by goblin and by slicing).
-    let m = unsafe { memmap2::Mmap::map(&f)? };
+    let m = unsafe { memmap2::Mmap::map(f)? };
     Ok(Bytes::Mapped(m))
 }

@@ -76,7 +76,11 @@ fn classify(st: &StackInfo, w: u64, v: u64, addr: u64) -> Result<Fixup> {
             .iter()
             .position(|&c| c == b'=')
             .map_or(0, |i| i as u64 + 1);
-        if v == *p || v == p + value_at {
+        // Inside GLIBC_TUNABLES too: ld.so's tunables keep pointers into its value
+        // (`glibc.cpu.hwcaps`, glibc `elf/dl-tunables.c`). Elsewhere only the start and
+        // the value count, so that ordinary data is not taken for a pointer.
+        let tunables = s.starts_with(b"GLIBC_TUNABLES=");
+        if v == *p || v == p + value_at || (tunables && v >= *p && v <= p + s.len() as u64) {
             let mut fx = f(k::ENV_STRING, 0, v - p);
             let mut copy = s.clone();
             copy.push(0);
@@ -166,11 +170,7 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
         };
         // Pages still equal to their file hold nothing ld.so wrote (constant tables, such
         // as .eh_frame_hdr's relative offsets, can look like stack addresses on i386).
-        let file = if r.origin.starts_with('/') {
-            crate::files::map(&r.origin).ok()
-        } else {
-            None
-        };
+        let file = r.file.as_ref().and_then(|f| crate::files::map(f).ok());
         // Which pages ld.so wrote (all of them for anonymous memory): those that differ
         // from the file, which the kernel maps zero-padded past its end.
         let written: Vec<bool> = data
@@ -219,6 +219,15 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
     for f in &found {
         image.write_word(f.addr, 0);
     }
+    // Copies of `__libc_enable_secure` get this run's AT_SECURE (the capture's is 0).
+    found.extend(image.secure_copies.iter().map(|&addr| Fixup {
+        addr,
+        kind: k::SECURE_FLAG,
+        arg: 0,
+        offset: 0,
+        string: None,
+    }));
+    found.sort_by_key(|f| f.addr);
     image.fixups = found;
     Ok(notes)
 }
@@ -235,7 +244,10 @@ mod tests {
             hi: 0x9000,
             sp: 0x8000,
             argv: vec![(0x8800, b"a/bc".to_vec()), (0x8805, b"def".to_vec())],
-            envp: vec![(0x8810, b"HOME=/root".to_vec())],
+            envp: vec![
+                (0x8810, b"HOME=/root".to_vec()),
+                (0x8830, b"GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX".to_vec()),
+            ],
             auxv_addr: 0x8028,
             auxv: vec![(25, 0x8900), (15, 0x8920), (0, 0)],
         }
@@ -260,6 +272,18 @@ mod tests {
             (k::AUX_POINTER, 25, 3)
         );
         assert_eq!((c(0x8920).kind, c(0x8920).arg), (k::AUX_POINTER, 15));
+    }
+
+    #[test]
+    fn pointers_into_glibc_tunables_are_fixups() {
+        let st = stack();
+        // ld.so's glibc.cpu.hwcaps tunable points at "-AVX", inside the value.
+        let f = classify(&st, 8, 0x8830 + 32, 0x100).unwrap();
+        assert_eq!((f.kind, f.offset), (k::ENV_STRING, 32));
+        assert_eq!(
+            f.string.as_deref(),
+            Some(&b"GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX\0"[..])
+        );
     }
 
     #[test]

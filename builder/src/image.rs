@@ -18,6 +18,8 @@ pub struct Region {
     pub prot: Prot,
     /// The file the mapping came from, `[heap]`, `[vdso proxy]`, or empty for anonymous.
     pub origin: String,
+    /// The file mapped, for file mappings (its path as bytes; `origin` is for display).
+    pub file: Option<std::path::PathBuf>,
     /// Offset in `origin` of the first byte, for file mappings.
     pub file_offset: u64,
     /// The contents; `None` for reserved (PROT_NONE) ranges, whose contents nobody reads.
@@ -103,7 +105,7 @@ pub struct Vdso {
 /// A library (or the program, or ld.so) mapped in the image.
 #[derive(Clone, Debug)]
 pub struct Object {
-    pub path: String,
+    pub path: std::path::PathBuf,
     pub base: u64,
 }
 
@@ -128,6 +130,8 @@ pub struct Image {
     pub enable_secure: u64,
     /// Address of `__rseq_size` (ld.so, glibc 2.35+), or 0.
     pub rseq_size: u64,
+    /// Other copies of `int __libc_enable_secure` (a program's copy relocation of it).
+    pub secure_copies: Vec<u64>,
     pub fixups: Vec<Fixup>,
     pub vdso: Option<Vdso>,
     /// PT_GNU_STACK flags of the output: executable exactly when the captured process's

@@ -1,15 +1,48 @@
 //! `elfpack inspect`: reads the `.elfpack` document of a packed file and prints it, as text
 //! or as the JSON document itself (schema `elfpack-inspect/1`, described in the README).
+//!
+//! The file is untrusted: only a regular file is read (a FIFO or a device is refused
+//! before anything is read from it), it is mapped rather than read whole, and every string
+//! taken from it is printed with its control characters escaped.
 use crate::error::{unpackable, Result};
 use crate::meta::{Meta, SCHEMA, SECTION};
 use goblin::elf::Elf;
+use std::fmt::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// The document of a packed file.
-pub fn read(path: &Path) -> Result<Meta> {
-    let shown = path.display();
-    let bytes = std::fs::read(path)
+/// The largest `.elfpack` document read (the builder writes a few kilobytes per library).
+const MAX_DOCUMENT: u64 = 64 << 20;
+
+/// The bytes of a regular file, mapped; anything else is refused without blocking.
+fn map_regular(path: &Path) -> Result<(crate::files::Bytes, u64)> {
+    let shown = escape(&path.display().to_string());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        // A FIFO would block open(2) until a writer appears.
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
         .map_err(|e| unpackable!("{shown}: {}", crate::program::io_reason(&e)))?;
+    let md = f
+        .metadata()
+        .map_err(|e| unpackable!("{shown}: {}", crate::program::io_reason(&e)))?;
+    if md.is_dir() {
+        return Err(unpackable!("{shown}: is a directory"));
+    }
+    if !md.is_file() {
+        return Err(unpackable!(
+            "{shown}: not a regular file (elfpack reads only files it wrote)"
+        ));
+    }
+    let bytes = crate::files::map_file(&f)
+        .map_err(|e| unpackable!("{shown}: {}", crate::program::io_reason(&e)))?;
+    Ok((bytes, md.len()))
+}
+
+/// The document of a packed file, and the file's size.
+pub fn read(path: &Path) -> Result<(Meta, u64)> {
+    let shown = escape(&path.display().to_string());
+    let (bytes, size) = map_regular(path)?;
     let not_packed = || unpackable!("{shown}: not a file packed by elfpack");
     let elf = Elf::parse(&bytes).map_err(|_| not_packed())?;
     let sh = elf
@@ -17,84 +50,143 @@ pub fn read(path: &Path) -> Result<Meta> {
         .iter()
         .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(SECTION))
         .ok_or_else(not_packed)?;
-    let doc = bytes
-        .get(sh.sh_offset as usize..(sh.sh_offset + sh.sh_size) as usize)
+    if sh.sh_size > MAX_DOCUMENT {
+        return Err(not_packed());
+    }
+    let doc = usize::try_from(sh.sh_offset)
+        .ok()
+        .zip(usize::try_from(sh.sh_size).ok())
+        .and_then(|(o, n)| bytes.get(o..o.checked_add(n)?))
         .ok_or_else(not_packed)?;
     let meta: Meta = serde_json::from_slice(doc).map_err(|_| not_packed())?;
     if meta.schema != SCHEMA {
         return Err(unpackable!(
             "{shown}: packed by an elfpack with another format ({})",
-            meta.schema
+            escape(&meta.schema)
         ));
     }
-    Ok(meta)
+    Ok((meta, size))
 }
 
-pub fn run(path: &Path, json: bool) -> Result<()> {
-    let meta = read(path)?;
-    let file_size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    if json {
-        let mut v = serde_json::to_value(&meta).expect("serialisable");
-        v["sizes"]["file"] = serde_json::json!(file_size);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&v).expect("serialisable")
-        );
-        return Ok(());
+/// `s` with every control character (C0, DEL, C1) written as `\xNN` (or `\n`, `\t`,
+/// `\\`), so that a crafted file cannot send terminal escape sequences.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
     }
-    let m = &meta;
-    println!(
+    out
+}
+
+/// The text (or JSON) that `inspect` prints.
+pub fn render(path: &Path, meta: &Meta, file_size: u64, json: bool) -> String {
+    let mut o = String::new();
+    if json {
+        let mut v = serde_json::to_value(meta).expect("serialisable");
+        v["sizes"]["file"] = serde_json::json!(file_size);
+        o.push_str(&serde_json::to_string_pretty(&v).expect("serialisable"));
+        o.push('\n');
+        return o;
+    }
+    let e = escape;
+    let m = meta;
+    let _ = writeln!(
+        o,
         "{}: packed by elfpack {} (format {})",
-        path.display(),
-        m.elfpack_version,
+        e(&path.display().to_string()),
+        e(&m.elfpack_version),
         m.format_version
     );
-    println!(
+    let needs: Vec<String> = m.cpu_needs.iter().map(|s| e(s)).collect();
+    let _ = writeln!(
+        o,
         "architecture: {}, CPU level: {} (needs {})",
-        m.arch,
-        m.cpu_level,
-        m.cpu_needs.join(", ")
+        e(&m.arch),
+        e(&m.cpu_level),
+        needs.join(", ")
     );
-    println!("runs on: Linux {} or later", m.min_kernel);
-    let id = |b: &Option<String>| b.clone().unwrap_or_else(|| "-".into());
-    println!(
+    let _ = writeln!(o, "runs on: Linux {} or later", e(&m.min_kernel));
+    let id = |b: &Option<String>| b.as_deref().map_or_else(|| "-".into(), e);
+    let _ = writeln!(
+        o,
         "program: {} (build-id {})",
-        m.program.path,
+        e(&m.program.path),
         id(&m.program.build_id)
     );
-    println!(
+    let _ = writeln!(
+        o,
         "captured with: kernel {}, glibc {}{}",
-        m.captured_with.kernel,
-        m.captured_with.glibc.as_deref().unwrap_or("?"),
+        e(&m.captured_with.kernel),
+        m.captured_with
+            .glibc
+            .as_deref()
+            .map_or_else(|| "?".into(), e),
         m.captured_with
             .time
             .map(|t| format!(", at {t} (SOURCE_DATE_EPOCH)"))
             .unwrap_or_default()
     );
-    println!(
+    let _ = writeln!(
+        o,
         "resume: {} at {} (program entry {})",
-        m.resume.kind, m.resume.pc, m.resume.entry
+        e(&m.resume.kind),
+        e(&m.resume.pc),
+        e(&m.resume.entry)
     );
-    println!("libraries:");
+    let _ = writeln!(o, "libraries:");
     for l in &m.libraries {
-        println!(
+        let _ = writeln!(
+            o,
             "  {:<20} {} ({} bytes, build-id {})",
-            l.soname.as_deref().unwrap_or("-"),
-            l.path,
+            l.soname.as_deref().map_or_else(|| "-".into(), e),
+            e(&l.path),
             l.size,
             id(&l.build_id)
         );
     }
-    println!("regions:");
+    let _ = writeln!(o, "regions:");
     for r in &m.regions {
-        println!(
+        let _ = writeln!(
+            o,
             "  {:>14}-{:<14} {} stored {:>9} zero {:>9}  {}",
-            r.start, r.end, r.prot, r.stored, r.zero, r.origin
+            e(&r.start),
+            e(&r.end),
+            e(&r.prot),
+            r.stored,
+            r.zero,
+            e(&r.origin)
         );
     }
-    println!(
+    let _ = writeln!(
+        o,
         "sizes: file {file_size}, stored {}, zero-filled {}, {} segments, stub {}, {} symbols",
         m.sizes.stored, m.sizes.zero, m.sizes.segments, m.sizes.stub, m.sizes.symbols
     );
-    Ok(())
+    o
+}
+
+pub fn run(path: &Path, json: bool) -> Result<()> {
+    let (meta, size) = read(path)?;
+    crate::print_stdout(render(path, &meta, size, json).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape("a\x1b[31mb"), "a\\x1b[31mb");
+        assert_eq!(escape("x\ny\tz\\"), "x\\ny\\tz\\\\");
+        assert_eq!(escape("\u{9b}2J\u{7f}"), "\\x9b2J\\x7f");
+        assert_eq!(escape("libc.so.6 é"), "libc.so.6 é");
+    }
 }

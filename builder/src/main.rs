@@ -11,10 +11,13 @@ mod files;
 mod fixups;
 mod image;
 mod inspect;
+mod interp;
 mod layout;
 mod meta;
 mod normalize;
+mod output;
 mod program;
+mod sections;
 mod stub_blob;
 mod symbols;
 mod vdso;
@@ -23,7 +26,7 @@ mod writer;
 use clap::{Parser, Subcommand};
 use error::{other, unpackable, Error, Result};
 use std::ffi::OsString;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -66,15 +69,15 @@ enum Command {
 #[derive(clap::Args)]
 struct BuildArgs {
     /// The program: a path, or a name looked up in PATH.
-    program: String,
+    program: OsString,
     /// Where to write the packed executable.
     #[arg(short, long)]
     output: PathBuf,
     /// Give up the capture after this many seconds.
-    #[arg(long, default_value_t = 10.0)]
-    timeout: f64,
+    #[arg(long, default_value = "10", value_parser = parse_timeout)]
+    timeout: Duration,
     /// Set KEY=VALUE in the environment of the capture only (repeatable).
-    #[arg(long = "env", value_name = "KEY=VALUE")]
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<String>,
     /// Remove KEY from the environment of the capture (repeatable).
     #[arg(long = "unset-env", value_name = "KEY")]
@@ -92,7 +95,7 @@ struct BuildArgs {
     /// Load this library at capture too (a path, or a soname found as ld.so would), so
     /// that a later dlopen() of it needs no file on the target. Repeatable.
     #[arg(long = "include", value_name = "LIB")]
-    include: Vec<String>,
+    include: Vec<OsString>,
     /// Leave the symbol table out of OUTPUT.
     #[arg(long)]
     strip: bool,
@@ -107,30 +110,90 @@ struct BuildArgs {
     args: Vec<OsString>,
 }
 
+/// `--timeout`: a positive, finite number of seconds that a `Duration` can hold.
+fn parse_timeout(s: &str) -> std::result::Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        return Err("must be a positive number of seconds".into());
+    }
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero() && d.as_secs() <= 1 << 32)
+        .ok_or_else(|| "must be between 1 ns and 2^32 seconds".into())
+}
+
+/// `--env`: KEY=VALUE with a non-empty KEY.
+fn parse_env(s: &str) -> std::result::Result<String, String> {
+    match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(s.to_string()),
+        _ => Err("expected KEY=VALUE".into()),
+    }
+}
+
+/// Writes `bytes` to stdout. A reader that went away (EPIPE) ends elfpack quietly, by
+/// SIGPIPE as for other Unix tools; other errors are reported.
+pub(crate) fn print_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            // SAFETY: signal(2) and raise(3) on SIGPIPE: restore its default action (Rust
+            // sets it to SIG_IGN at start) and die of it, as `cat` would.
+            unsafe {
+                nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
+                nix::libc::raise(nix::libc::SIGPIPE);
+            }
+            std::process::exit(128 + nix::libc::SIGPIPE)
+        }
+        Err(e) => Err(other!("standard output: {}", program::io_reason(&e))),
+    }
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { error::EXIT_USAGE } else { 0 };
-            let _ = e.print();
-            std::process::exit(code);
+            let text = e.render().to_string();
+            if e.use_stderr() {
+                // One line, as for every other error: clap's first line, without its
+                // usage and hint lines.
+                let first = text.lines().next().unwrap_or("usage error");
+                let first = first.strip_prefix("error: ").unwrap_or(first);
+                eprintln!("elfpack: {first} (see elfpack --help)");
+                std::process::exit(error::EXIT_USAGE);
+            }
+            // --help and --version.
+            if let Err(e) = print_stdout(text.as_bytes()) {
+                eprintln!("elfpack: {e}");
+                std::process::exit(e.exit_code());
+            }
+            std::process::exit(0);
         }
     };
     let result = match cli.command {
         Command::Build(a) => build(&a),
         Command::Inspect { file, json } => inspect::run(&file, json),
         Command::Completions { shell } => {
+            let mut script = Vec::new();
             clap_complete::generate(
                 shell,
                 &mut <Cli as clap::CommandFactory>::command(),
                 "elfpack",
-                &mut std::io::stdout(),
+                &mut script,
             );
-            Ok(())
+            print_stdout(&script)
         }
-        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-            .render(&mut std::io::stdout())
-            .map_err(|e| other!("writing the manual page: {e}")),
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut page)
+                .map_err(|e| other!("writing the manual page: {e}"))
+                .and_then(|()| print_stdout(&page))
+        }
     };
     if let Err(e) = result {
         eprintln!("elfpack: {e}");
@@ -186,9 +249,8 @@ fn capture_env(
     // Bind every symbol now, so nothing is left for the lazy resolver after restore.
     set("LD_BIND_NOW", "1");
     for kv in &a.env {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| unpackable!("--env {kv}: expected KEY=VALUE"))?;
+        // parse_env checked the '='.
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         set(k, v);
     }
     env.retain(|(k, _)| !a.unset_env.iter().any(|u| k == u.as_str()));
@@ -196,26 +258,24 @@ fn capture_env(
         let lib_path = env
             .iter()
             .find(|(k, _)| k == "LD_LIBRARY_PATH")
-            .map(|(_, v)| v.to_string_lossy().into_owned());
-        let mut libs = Vec::new();
+            .map(|(_, v)| v.clone());
+        let mut libs: Vec<OsString> = Vec::new();
         for l in &a.include {
-            libs.push(
-                program::find_library(l, arch, lib_path.as_deref())?
-                    .display()
-                    .to_string(),
-            );
+            libs.push(program::find_library(l, arch, lib_path.as_deref())?.into_os_string());
         }
         let existing = env
             .iter()
             .find(|(k, _)| k == "LD_PRELOAD")
-            .map(|(_, v)| v.to_string_lossy().into_owned());
-        let value = existing
-            .into_iter()
-            .chain(libs)
-            .collect::<Vec<_>>()
-            .join(":");
+            .map(|(_, v)| v.clone());
+        let mut value = OsString::new();
+        for (i, part) in existing.into_iter().chain(libs).enumerate() {
+            if i > 0 {
+                value.push(":");
+            }
+            value.push(part);
+        }
         env.retain(|(k, _)| k != "LD_PRELOAD");
-        env.push(("LD_PRELOAD".into(), value.into()));
+        env.push(("LD_PRELOAD".into(), value));
     }
     if let Some(h) = hwcaps {
         let existing = env
@@ -249,23 +309,44 @@ fn check_output(output: &Path, program: &Path) -> Result<PathBuf> {
             return Err(unpackable!("{}: is a directory", output.display()));
         }
     }
+    // OUTPUT is replaced by a rename: never a device, FIFO or socket that happens to be
+    // there.
+    if let Ok(o) = std::fs::symlink_metadata(output) {
+        if !o.is_file() && !o.is_symlink() && !o.is_dir() {
+            return Err(unpackable!(
+                "{}: exists and is not a regular file",
+                output.display()
+            ));
+        }
+    }
     match std::fs::metadata(&dir) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(unpackable!("{}: not a directory", dir.display())),
         Err(e) => return Err(unpackable!("{}: {}", dir.display(), program::io_reason(&e))),
     }
-    // Probe writability with the same kind of temporary file the final write uses.
-    tempfile::Builder::new()
-        .prefix(".elfpack-")
-        .tempfile_in(&dir)
-        .map_err(|e| {
-            unpackable!(
-                "{}: cannot write there: {}",
-                dir.display(),
-                program::io_reason(&e)
-            )
-        })?;
+    // Probe writability with the same kind of file the final write uses.
+    output::probe(&dir)?;
     Ok(dir)
+}
+
+/// The writer's errors as elfpack reports them: an image that cannot be laid out is a
+/// program that cannot be packed (exit 3); an I/O error names OUTPUT.
+fn writer_error(e: Error, output: &Path) -> Error {
+    match e {
+        Error::Other(m)
+            if m.starts_with("no room below the image")
+                || m.contains("more than the kernel accepts")
+                || m.starts_with("too many sections") =>
+        {
+            Error::Unpackable(m)
+        }
+        Error::Other(m) if m.starts_with("writing") => {
+            let reason = m.split_once(": ").map_or(m.as_str(), |(_, r)| r);
+            let reason = reason.split(" (os error").next().unwrap_or(reason);
+            other!("{}: {reason}", output.display())
+        }
+        e => e,
+    }
 }
 
 fn build(a: &BuildArgs) -> Result<()> {
@@ -273,24 +354,28 @@ fn build(a: &BuildArgs) -> Result<()> {
     let path = program::locate(&a.program)?;
     let prog = program::inspect(&path)?;
     let dir = check_output(&a.output, &path)?;
-    if !(a.timeout > 0.0 && a.timeout.is_finite()) {
-        return Err(unpackable!(
-            "--timeout must be a positive number of seconds"
-        ));
-    }
     let plan = cpu::plan(a.cpu, prog.arch)?;
-    let mut argv = vec![OsString::from(&a.program)];
+    let mut argv = vec![a.program.clone()];
     argv.extend(a.args.iter().cloned());
     let opts = capture::Options {
         args: argv,
         env: capture_env(a, plan.hwcaps.as_deref(), prog.arch)?,
-        timeout: Duration::from_secs_f64(a.timeout),
+        timeout: a.timeout,
         at_entry: a.stop_at_entry,
         skip_code: false,
         vary_aux: false,
+        quiet: false,
     };
     let t_capture = Instant::now();
     // Two captures, at once: the second shows which words still vary from run to run.
+    // It gets one argument more, which shows where ld.so keeps argc (`_dl_argc`): the
+    // stub sets that to each run's own. With --stop-at-entry the initializers ran and may
+    // have acted on the arguments, so both captures get the same.
+    let argc_probe = (!a.stop_at_entry).then_some(opts.args.len() as u64);
+    let mut second_args = opts.args.clone();
+    if argc_probe.is_some() {
+        second_args.push(OsString::from("elfpack-argc-probe"));
+    }
     let (first, second) = std::thread::scope(|s| {
         let other = s.spawn(|| {
             let c = capture::capture(
@@ -298,6 +383,9 @@ fn build(a: &BuildArgs) -> Result<()> {
                 &capture::Options {
                     skip_code: true,
                     vary_aux: true,
+                    // ld.so's messages are shown once, from the first capture.
+                    quiet: true,
+                    args: second_args,
                     ..opts.clone()
                 },
             )?;
@@ -323,7 +411,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     let (image2, stack2) = second?;
     let capture_time = t_capture.elapsed();
     let aux_values = fixups::aux_values(&image, &image2, &stack, &stack2);
-    let varying = normalize::zero_differences(&mut image, &image2)?;
+    let varying = normalize::zero_differences(&mut image, &image2, argc_probe)?;
     drop(image2);
     let varying: Vec<u64> = varying
         .into_iter()
@@ -348,20 +436,16 @@ fn build(a: &BuildArgs) -> Result<()> {
     // the temporary file behind. They are delivered once OUTPUT is complete (or the error
     // is reported, and the temporary file removed).
     let deferred = DeferSignals::new();
-    let tmp = tempfile::Builder::new()
-        .prefix(".elfpack-")
-        .tempfile_in(&dir)
-        .map_err(|e| other!("{}: {}", dir.display(), program::io_reason(&e)))?;
-    let stats = writer::write(tmp.as_file(), &mut image, &symbols, |image, st, usage| {
+    let tmp = output::Pending::create(&dir)?;
+    let mut stats = writer::write(tmp.file(), &mut image, &symbols, |image, st, usage| {
         let m = meta::build(image, &prog, usage, st.stub_size, st.segments as u64, nsyms);
         serde_json::to_vec(&m).expect("serialisable")
-    })?;
+    })
+    .map_err(|e| writer_error(e, &a.output))?;
+    stats.file_size =
+        sections::make_consistent(tmp.file()).map_err(|e| writer_error(e, &a.output))?;
     let write_time = t_write.elapsed();
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| other!("{}: {}", a.output.display(), program::io_reason(&e)))?;
-    tmp.persist(&a.output)
-        .map_err(|e| other!("{}: {}", a.output.display(), program::io_reason(&e.error)))?;
+    tmp.persist(&a.output, output::executable_mode())?;
     drop(deferred);
     if !a.quiet {
         for w in warnings
@@ -369,6 +453,12 @@ fn build(a: &BuildArgs) -> Result<()> {
             .filter(|w| w.contains("not glibc's handover"))
         {
             eprintln!("elfpack: warning: {w}");
+        }
+        if !prog.secure_list_known {
+            eprintln!(
+                "elfpack: warning: {} is not glibc 2.36's ld.so: if the packed file is made setuid, it removes glibc 2.36's list of unsecure variables, not this loader's",
+                prog.interp.display()
+            );
         }
     }
     if a.verbose {
@@ -397,7 +487,7 @@ fn build(a: &BuildArgs) -> Result<()> {
                 unknown.join(", ")
             );
         }
-        eprintln!("elfpack: interpreter {}", prog.interp);
+        eprintln!("elfpack: interpreter {}", prog.interp.display());
         eprintln!(
             "elfpack: CPU level {} (needs {}); masked at capture: {}",
             plan.name,
@@ -405,7 +495,7 @@ fn build(a: &BuildArgs) -> Result<()> {
             plan.hwcaps.as_deref().unwrap_or("nothing")
         );
         for o in &image.objects {
-            eprintln!("  object {:#014x} {}", o.base, o.path);
+            eprintln!("  object {:#014x} {}", o.base, o.path.display());
         }
         if let Some(v) = &image.vdso {
             let names: Vec<&str> = v.entries.iter().map(|e| e.name.as_str()).collect();

@@ -160,11 +160,12 @@ fn glibc_version(bytes: &[u8]) -> Option<String> {
     (!v.is_empty()).then_some(v)
 }
 
-fn library(path: &str, base: u64) -> Library {
+fn library(path: &std::path::Path, base: u64) -> Library {
     let bytes = crate::files::map(path).unwrap_or(crate::files::Bytes::Empty);
     let elf = Elf::parse(&bytes).ok();
     Library {
-        path: path.to_string(),
+        // JSON text: a path that is not UTF-8 is shown with U+FFFD in its place.
+        path: path.to_string_lossy().into_owned(),
         soname: elf.as_ref().and_then(|e| e.soname.map(str::to_string)),
         build_id: elf.as_ref().and_then(|e| build_id(&bytes, e)),
         size: bytes.len() as u64,
@@ -182,7 +183,6 @@ pub fn build(
     symbols: u64,
 ) -> Meta {
     let program_path = std::fs::canonicalize(&prog.path).unwrap_or_else(|_| prog.path.clone());
-    let program_path = program_path.display().to_string();
     let mut libraries = Vec::new();
     let mut program = library(&program_path, 0);
     let mut glibc = None;

@@ -32,8 +32,11 @@ pub fn reset_thread_state(image: &mut Image) {
     }
 }
 
-/// Zeroes in `a` every word that differs from `b`; returns their addresses.
-pub fn zero_differences(a: &mut Image, b: &Image) -> Result<Vec<u64>> {
+/// Zeroes in `a` every word that differs from `b`; returns their addresses. The second
+/// capture ran with one argument more than the first (`argc`): a 4-byte int that holds
+/// `argc` in `a` and `argc + 1` in `b` is the capture's argc (ld.so's `_dl_argc`), which
+/// becomes an `ARGC_INT` fixup instead.
+pub fn zero_differences(a: &mut Image, b: &Image, argc: Option<u64>) -> Result<Vec<u64>> {
     let shape = |i: &Image| {
         i.regions
             .iter()
@@ -47,6 +50,33 @@ pub fn zero_differences(a: &mut Image, b: &Image) -> Result<Vec<u64>> {
     }
     let w = a.arch.word();
     let mut diffs = Vec::new();
+    let mut argc_ints = Vec::new();
+    for (ra, rb) in a.regions.iter_mut().zip(&b.regions) {
+        let (Some(da), Some(db)) = (ra.data.as_mut(), rb.data.as_ref()) else {
+            continue;
+        };
+        let Some(argc) = argc.and_then(|n| u32::try_from(n).ok()) else {
+            break;
+        };
+        if **da == **db {
+            continue;
+        }
+        let mut found = Vec::new();
+        for (i, (ia, ib)) in da.chunks_exact(4).zip(db.chunks_exact(4)).enumerate() {
+            let (va, vb) = (
+                u32::from_le_bytes(ia.try_into().unwrap()),
+                u32::from_le_bytes(ib.try_into().unwrap()),
+            );
+            if va == argc && vb == argc.wrapping_add(1) {
+                found.push(i * 4);
+            }
+        }
+        let bytes = da.to_mut();
+        for off in found {
+            bytes[off..off + 4].fill(0);
+            argc_ints.push(ra.start + off as u64);
+        }
+    }
     for (ra, rb) in a.regions.iter_mut().zip(&b.regions) {
         let (Some(da), Some(db)) = (ra.data.as_mut(), rb.data.as_ref()) else {
             continue;
@@ -60,12 +90,34 @@ pub fn zero_differences(a: &mut Image, b: &Image) -> Result<Vec<u64>> {
             .zip(db.chunks_exact(w))
             .enumerate()
         {
-            if wa != wb {
+            let addr = ra.start + (i * w) as u64;
+            // The argc int's word differs only there (now zero in `a`).
+            let argc_word = argc_ints.iter().any(|&p| p >= addr && p < addr + w as u64);
+            let mut wb = wb.to_vec();
+            if argc_word {
+                for &p in argc_ints
+                    .iter()
+                    .filter(|&&p| p >= addr && p < addr + w as u64)
+                {
+                    let o = (p - addr) as usize;
+                    wb[o..o + 4].fill(0);
+                }
+            }
+            if *wa != *wb {
                 wa.fill(0);
-                diffs.push(ra.start + (i * w) as u64);
+                diffs.push(addr);
             }
         }
     }
+    a.fixups
+        .extend(argc_ints.iter().map(|&addr| crate::image::Fixup {
+            addr,
+            kind: elfpack_stub::abi::fixup_kind::ARGC_INT,
+            arg: 0,
+            offset: 0,
+            string: None,
+        }));
+    a.fixups.sort_by_key(|f| f.addr);
     Ok(diffs)
 }
 
@@ -83,6 +135,7 @@ mod tests {
                 end: 0x1000 + bytes.len() as u64,
                 prot: 3,
                 origin: String::new(),
+                file: None,
                 file_offset: 0,
                 data: Some(Data::Owned(bytes)),
             }],
@@ -99,6 +152,7 @@ mod tests {
             mm: Default::default(),
             enable_secure: 0,
             rseq_size: 0,
+            secure_copies: vec![],
             fixups: vec![],
             vdso: None,
             stack_flags: Some(6),
@@ -124,7 +178,7 @@ mod tests {
                 .flat_map(|w| w.to_le_bytes())
                 .collect(),
         );
-        let diffs = zero_differences(&mut a, &b).unwrap();
+        let diffs = zero_differences(&mut a, &b, None).unwrap();
         assert_eq!(diffs, vec![0x1008, 0x1018]);
         let d = a.regions[0].data.as_deref().unwrap();
         let words: Vec<u64> = d
@@ -138,7 +192,7 @@ mod tests {
     fn refuses_different_layouts() {
         let mut a = image(vec![0; 16]);
         let b = image(vec![0; 32]);
-        assert!(zero_differences(&mut a, &b).is_err());
+        assert!(zero_differences(&mut a, &b, None).is_err());
     }
 
     #[test]

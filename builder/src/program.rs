@@ -1,6 +1,8 @@
 //! The input program: finding it like a shell would and deciding whether it can be packed.
 use crate::error::{unpackable, Result};
 use goblin::elf::{header, program_header as ph, Elf};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -38,21 +40,23 @@ pub struct Program {
     pub path: PathBuf,
     pub arch: Arch,
     pub pie: bool,
-    pub interp: String,
+    pub interp: PathBuf,
     /// Flags of PT_GNU_STACK (PF_R | PF_W, plus PF_X for an executable stack); `None`
     /// when the program has none.
     pub stack_flags: Option<u32>,
     /// The program's PT_LOAD segments as (vaddr, memsz, filesz, flags), link-time addresses.
     pub loads: Vec<(u64, u64, u64, u32)>,
+    /// Whether ld.so removes in secure mode exactly what the stub removes (glibc 2.36).
+    pub secure_list_known: bool,
 }
 
 /// Finds PROGRAM as a shell would: a name with a slash is a path, others are looked up in
 /// PATH.
-pub fn locate(name: &str) -> Result<PathBuf> {
+pub fn locate(name: &OsStr) -> Result<PathBuf> {
     if name.is_empty() {
         return Err(unpackable!("empty program name"));
     }
-    if name.contains('/') {
+    if name.as_bytes().contains(&b'/') {
         return Ok(PathBuf::from(name));
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
@@ -64,7 +68,10 @@ pub fn locate(name: &str) -> Result<PathBuf> {
             }
         }
     }
-    Err(unpackable!("{name}: not found in PATH"))
+    Err(unpackable!(
+        "{}: not found in PATH",
+        Path::new(name).display()
+    ))
 }
 
 /// Reads and checks the program.
@@ -81,6 +88,11 @@ pub fn inspect(path: &Path) -> Result<Program> {
     if mode & 0o4000 != 0 || mode & 0o2000 != 0 {
         return Err(unpackable!(
             "{shown}: is setuid/setgid; elfpack refuses to pack privileged programs"
+        ));
+    }
+    if has_file_capabilities(path) {
+        return Err(unpackable!(
+            "{shown}: has file capabilities (setcap); elfpack refuses to pack privileged programs"
         ));
     }
     let bytes = crate::files::map(path).map_err(|e| unpackable!("{shown}: {}", io_reason(&e)))?;
@@ -116,7 +128,7 @@ pub fn inspect(path: &Path) -> Result<Program> {
             ));
         }
     }
-    let interp = elf.interpreter.map(str::to_owned);
+    let interp = crate::interp::path(&shown.to_string(), &bytes, &elf)?;
     let is_pie = elf
         .dynamic
         .as_ref()
@@ -140,6 +152,9 @@ pub fn inspect(path: &Path) -> Result<Program> {
             "{shown}: is already statically linked; it needs no packing"
         ));
     };
+    // The capture runs the interpreter: it must be glibc's ld.so, checked before anything
+    // runs.
+    let secure_list_known = crate::interp::check(&shown.to_string(), &interp, arch)?;
     let stack_flags = elf
         .program_headers
         .iter()
@@ -158,7 +173,28 @@ pub fn inspect(path: &Path) -> Result<Program> {
         interp,
         stack_flags,
         loads,
+        secure_list_known,
     })
+}
+
+/// Whether `path` carries file capabilities (the `security.capability` attribute that
+/// setcap(8) writes; linux `security/commoncap.c`, `get_vfs_caps_from_disk`).
+fn has_file_capabilities(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: getxattr(2) with a NULL buffer of size 0 only returns the value's size; both
+    // strings are NUL-terminated and live across the call.
+    let n = unsafe {
+        nix::libc::getxattr(
+            c.as_ptr(),
+            c"security.capability".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n > 0
 }
 
 /// The reason of an I/O error, without Rust's "(os error N)" suffix.
@@ -173,10 +209,59 @@ pub fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// The paths ld.so's cache (`/etc/ld.so.cache`, written by ldconfig) gives for `soname`
+/// on `arch`, read directly: no program is run. The format is glibc's
+/// `glibc-ld.so.cache1.1` (`sysdeps/generic/dl-cache.h`: a 48-byte header with the entry
+/// count, then 24-byte entries `{flags, key, value, osversion, hwcap}` whose key and value
+/// are offsets of NUL-terminated strings from the start of the file). An old-format
+/// (`ld.so-1.7.0`) or unreadable cache gives nothing.
+pub fn ld_so_cache(cache: &Path, soname: &OsStr, arch: Arch) -> Vec<PathBuf> {
+    const MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
+    // FLAG_ELF_LIBC6, and FLAG_X8664_LIB64 for x86-64 (none for i386).
+    let want_flags = match arch {
+        Arch::X86_64 => 0x0303,
+        Arch::I386 => 0x0003,
+    };
+    let Ok(bytes) = crate::files::map(cache) else {
+        return Vec::new();
+    };
+    if !bytes.starts_with(MAGIC) {
+        return Vec::new();
+    }
+    let u32_at = |o: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(bytes.get(o..o + 4)?.try_into().ok()?))
+    };
+    let string_at = |o: u32| -> Option<&[u8]> {
+        let rest = bytes.get(o as usize..)?;
+        Some(&rest[..rest.iter().position(|&c| c == 0)?])
+    };
+    let Some(nlibs) = u32_at(MAGIC.len()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for i in 0..nlibs as usize {
+        let Some(at) = i.checked_mul(24).and_then(|o| o.checked_add(48)) else {
+            break;
+        };
+        let (Some(flags), Some(key), Some(value)) = (u32_at(at), u32_at(at + 4), u32_at(at + 8))
+        else {
+            break;
+        };
+        if flags & 0xffff != want_flags || string_at(key) != Some(soname.as_bytes()) {
+            continue;
+        }
+        if let Some(v) = string_at(value) {
+            out.push(PathBuf::from(std::ffi::OsStr::from_bytes(v)));
+        }
+    }
+    out
+}
+
 /// Finds a library as ld.so would for `--include`: a name with a slash is a path; a soname
-/// is looked up in LD_LIBRARY_PATH, then in ld.so's cache (`ldconfig -p`), then in the
+/// is looked up in LD_LIBRARY_PATH, then in ld.so's cache (read directly), then in the
 /// default directories. The library must match the program's architecture.
-pub fn find_library(name: &str, arch: Arch, ld_library_path: Option<&str>) -> Result<PathBuf> {
+pub fn find_library(name: &OsStr, arch: Arch, ld_library_path: Option<&OsStr>) -> Result<PathBuf> {
+    let shown = Path::new(name).display();
     let matches = |p: &Path| -> bool {
         crate::files::map(p)
             .ok()
@@ -187,14 +272,14 @@ pub fn find_library(name: &str, arch: Arch, ld_library_path: Option<&str>) -> Re
             })
             .unwrap_or(false)
     };
-    if name.contains('/') {
+    if name.as_bytes().contains(&b'/') {
         let p = PathBuf::from(name);
         if !p.is_file() {
-            return Err(unpackable!("--include {name}: no such file"));
+            return Err(unpackable!("--include {shown}: no such file"));
         }
         if !matches(&p) {
             return Err(unpackable!(
-                "--include {name}: not an {} library",
+                "--include {shown}: not an {} library",
                 arch.name()
             ));
         }
@@ -202,22 +287,14 @@ pub fn find_library(name: &str, arch: Arch, ld_library_path: Option<&str>) -> Re
     }
     let mut candidates: Vec<PathBuf> = Vec::new();
     for dir in ld_library_path
-        .unwrap_or("")
-        .split(':')
+        .map(|p| p.as_bytes())
+        .unwrap_or(b"")
+        .split(|&c| c == b':')
         .filter(|d| !d.is_empty())
     {
-        candidates.push(Path::new(dir).join(name));
+        candidates.push(Path::new(OsStr::from_bytes(dir)).join(name));
     }
-    if let Ok(out) = std::process::Command::new("ldconfig").arg("-p").output() {
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let line = line.trim();
-            if line.starts_with(&format!("{name} ")) {
-                if let Some(path) = line.rsplit(" => ").next() {
-                    candidates.push(PathBuf::from(path));
-                }
-            }
-        }
-    }
+    candidates.extend(ld_so_cache(Path::new("/etc/ld.so.cache"), name, arch));
     let defaults: &[&str] = match arch {
         Arch::X86_64 => &[
             "/lib/x86_64-linux-gnu",
@@ -240,5 +317,73 @@ pub fn find_library(name: &str, arch: Arch, ld_library_path: Option<&str>) -> Re
     candidates
         .into_iter()
         .find(|p| p.is_file() && matches(p))
-        .ok_or_else(|| unpackable!("--include {name}: no {} library of that name found (LD_LIBRARY_PATH, ld.so cache, default directories)", arch.name()))
+        .ok_or_else(|| unpackable!("--include {shown}: no {} library of that name found (LD_LIBRARY_PATH, ld.so cache, default directories)", arch.name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache in glibc's format with the given (flags, key, value) entries.
+    fn cache(entries: &[(u32, &str, &str)]) -> Vec<u8> {
+        let mut head = b"glibc-ld.so.cache1.1".to_vec();
+        head.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        head.resize(48, 0);
+        let strings_at = 48 + 24 * entries.len();
+        let mut strings = Vec::new();
+        for &(flags, k, v) in entries {
+            let key = (strings_at + strings.len()) as u32;
+            strings.extend_from_slice(k.as_bytes());
+            strings.push(0);
+            let value = (strings_at + strings.len()) as u32;
+            strings.extend_from_slice(v.as_bytes());
+            strings.push(0);
+            head.extend_from_slice(&flags.to_le_bytes());
+            head.extend_from_slice(&key.to_le_bytes());
+            head.extend_from_slice(&value.to_le_bytes());
+            head.extend_from_slice(&[0u8; 12]);
+        }
+        head.extend_from_slice(&strings);
+        head
+    }
+
+    #[test]
+    fn reads_the_ld_so_cache_by_architecture() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("ld.so.cache");
+        std::fs::write(
+            &p,
+            cache(&[
+                (0x0303, "libx.so.1", "/lib64/libx.so.1"),
+                (0x0003, "libx.so.1", "/lib32/libx.so.1"),
+                (0x0303, "liby.so.1", "/lib64/liby.so.1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            ld_so_cache(&p, OsStr::new("libx.so.1"), Arch::X86_64),
+            vec![PathBuf::from("/lib64/libx.so.1")]
+        );
+        assert_eq!(
+            ld_so_cache(&p, OsStr::new("libx.so.1"), Arch::I386),
+            vec![PathBuf::from("/lib32/libx.so.1")]
+        );
+        assert!(ld_so_cache(&p, OsStr::new("libz.so.1"), Arch::X86_64).is_empty());
+        // Truncated or foreign files give nothing, without a panic.
+        let bytes = std::fs::read(&p).unwrap();
+        for n in 0..bytes.len() {
+            std::fs::write(&p, &bytes[..n]).unwrap();
+            let _ = ld_so_cache(&p, OsStr::new("libx.so.1"), Arch::X86_64);
+        }
+    }
+
+    #[test]
+    fn reads_this_systems_cache() {
+        let found = ld_so_cache(
+            Path::new("/etc/ld.so.cache"),
+            OsStr::new("libc.so.6"),
+            Arch::X86_64,
+        );
+        assert!(found.iter().any(|p| p.is_file()), "{found:?}");
+    }
 }

@@ -2,7 +2,7 @@
 use goblin::elf::Elf;
 
 /// The value of dynamic symbol `name` in the ELF file at `path` (link-time address).
-pub fn lookup_dynsym(path: &str, name: &str) -> Option<u64> {
+pub fn lookup_dynsym(path: &std::path::Path, name: &str) -> Option<u64> {
     let bytes = crate::files::map(path).ok()?;
     let elf = Elf::parse(&bytes).ok()?;
     elf.dynsyms
@@ -13,7 +13,7 @@ pub fn lookup_dynsym(path: &str, name: &str) -> Option<u64> {
 
 /// The run-time address of dynamic symbol `name` where the object at `path`, loaded at
 /// `base`, defines it (not merely refers to it); an ET_EXEC's addresses are absolute.
-pub fn defined_at(path: &str, base: u64, name: &str) -> Option<u64> {
+pub fn defined_at(path: &std::path::Path, base: u64, name: &str) -> Option<u64> {
     let bytes = crate::files::map(path).ok()?;
     let elf = Elf::parse(&bytes).ok()?;
     let bias = if elf.header.e_type == goblin::elf::header::ET_EXEC {
@@ -28,6 +28,43 @@ pub fn defined_at(path: &str, base: u64, name: &str) -> Option<u64> {
                 && elf.dynstrtab.get_at(s.st_name) == Some(name)
         })
         .map(|s| s.st_value + bias)
+}
+
+/// The addresses in the image of every object's own definition of the data symbol `name`
+/// (for example a program's copy-relocated `__libc_enable_secure`), ld.so excluded.
+pub fn definitions(
+    objects: &[crate::image::Object],
+    name: &str,
+    skip: &std::ffi::OsStr,
+) -> Vec<u64> {
+    let mut out = Vec::new();
+    for o in objects.iter().filter(|o| o.path.as_os_str() != skip) {
+        let Ok(bytes) = crate::files::map(&o.path) else {
+            continue;
+        };
+        let Ok(elf) = Elf::parse(&bytes) else {
+            continue;
+        };
+        let bias = if elf.header.e_type == goblin::elf::header::ET_EXEC {
+            0
+        } else {
+            o.base
+        };
+        out.extend(
+            elf.dynsyms
+                .iter()
+                .filter(|s| {
+                    s.st_value != 0
+                        && s.st_shndx != 0
+                        && s.st_type() == goblin::elf::sym::STT_OBJECT
+                        && elf.dynstrtab.get_at(s.st_name) == Some(name)
+                })
+                .map(|s| bias.wrapping_add(s.st_value)),
+        );
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// A symbol of the image, at its address in the packed process.
@@ -69,7 +106,12 @@ pub fn collect(objects: &[crate::image::Object]) -> Vec<ImageSymbol> {
                 {
                     continue;
                 }
-                let Some(name) = strs.get_at(s.st_name).filter(|n| !n.is_empty()) else {
+                // `_GLOBAL_OFFSET_TABLE_` names a linker-made .got section, which the
+                // packed file does not have (ELF checkers insist on one).
+                let Some(name) = strs
+                    .get_at(s.st_name)
+                    .filter(|n| !n.is_empty() && *n != "_GLOBAL_OFFSET_TABLE_")
+                else {
                     continue;
                 };
                 out.push(ImageSymbol {

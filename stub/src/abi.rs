@@ -168,10 +168,16 @@ pub mod fixup_kind {
     pub const POINTER_GUARD: u32 = 9;
     /// The base name of `argv[arg]` (what follows its last '/'), or an empty string when
     /// this run has fewer arguments.
-    pub const ARGV_BASENAME: u32 = 10;
+    pub const ARGV_BASENAME: u32 = 12;
     /// This run's value of auxv entry `arg` (a copy ld.so keeps: AT_CLKTCK, AT_HWCAP2,
     /// AT_MINSIGSTKSZ); where the kernel gives none, what glibc uses then.
-    pub const AUX_VALUE: u32 = 11;
+    pub const AUX_VALUE: u32 = 13;
+    /// A 32-bit `int`, not a word: 1 when this run has AT_SECURE, else 0. It marks the
+    /// copies of `__libc_enable_secure` other than ld.so's own (a program's copy
+    /// relocation of it).
+    pub const SECURE_FLAG: u32 = 10;
+    /// A 32-bit `int`, not a word: this run's argc (ld.so's `_dl_argc`).
+    pub const ARGC_INT: u32 = 11;
 }
 
 /// One word of the image to rewrite at restore.

@@ -11,8 +11,22 @@ pub fn get() -> &'static Descriptor {
     // SAFETY: the builder always writes a descriptor at `__elfpack_desc` (builder
     // `writer.rs`), in a segment that is mapped for as long as the process lives.
     let d = unsafe { &*core::ptr::addr_of!(__elfpack_desc) };
-    if d.magic != MAGIC || d.version != FORMAT_VERSION {
-        crate::fail::fail("packed file is corrupt (bad descriptor)", 0);
+    if d.magic != MAGIC {
+        crate::fail::fail("packed file is corrupt (no descriptor magic)", 0);
+    }
+    if d.version != FORMAT_VERSION {
+        use crate::fail::Value;
+        crate::fail::fail_with(
+            "packed file is corrupt (bad descriptor)",
+            &[
+                ("format", Value::Num(u64::from(d.version))),
+                (
+                    "this stub reads format",
+                    Value::Num(u64::from(FORMAT_VERSION)),
+                ),
+            ],
+            0,
+        );
     }
     d
 }

@@ -86,20 +86,40 @@ fn value(d: &'static Descriptor, st: &InitialStack, f: &Fixup) -> usize {
         k::CANARY => random_word(st, 0) & !0xff,
         // `_dl_setup_pointer_guard`: the second word of AT_RANDOM.
         k::POINTER_GUARD => random_word(st, 1),
-        _ => crate::fail::fail("packed file is corrupt (unknown fixup)", 0),
+        _ => crate::fail::fail_with(
+            "packed file is corrupt (unknown fixup)",
+            &[
+                ("kind", crate::fail::Value::Num(u64::from(f.kind))),
+                ("at", crate::fail::Value::Addr(f.addr)),
+            ],
+            0,
+        ),
     }
 }
 
 /// Step 5.
 pub fn apply(d: &'static Descriptor, st: &InitialStack) {
+    let secure = st.aux(at::AT_SECURE).unwrap_or(0) != 0;
     for f in desc::table::<Fixup>(d, d.fixups) {
+        if f.kind == k::SECURE_FLAG {
+            // SAFETY: the builder names the address of an `int __libc_enable_secure` copy
+            // (a copy relocation into the program, glibc `elf/enbl-secure.c`), 4-byte
+            // aligned in a page the builder mapped writable (sealed afterwards).
+            unsafe { (f.addr as usize as *mut i32).write(i32::from(secure)) };
+            continue;
+        }
+        if f.kind == k::ARGC_INT {
+            // SAFETY: the builder names a 4-byte aligned `int` that held the capture's argc
+            // (ld.so's `_dl_argc`, glibc `elf/rtld.c`), in a page mapped writable.
+            unsafe { (f.addr as usize as *mut i32).write(st.argc as i32) };
+            continue;
+        }
         let v = value(d, st, f);
         // SAFETY: fixup addresses are word-aligned words of the image that the builder
         // mapped writable (its `Protect` entries seal them afterwards).
         unsafe { (f.addr as usize as *mut usize).write(v) };
     }
     if d.enable_secure != 0 {
-        let secure = st.aux(at::AT_SECURE).unwrap_or(0) != 0;
         // SAFETY: `enable_secure` is the address of ld.so's `int __libc_enable_secure`
         // (glibc `elf/enbl-secure.c`), in a writable page of the image.
         unsafe { (d.enable_secure as usize as *mut i32).write(i32::from(secure)) };

@@ -7,4 +7,6 @@
 #![no_std]
 
 pub mod abi;
+pub mod errno;
+pub mod secure_env;
 pub mod vdso_elf;

@@ -40,6 +40,22 @@ impl Line {
         self.push(&digits[i..])
     }
 
+    /// Appends `v` as `0x` and lowercase hexadecimal digits.
+    pub fn push_hex(&mut self, v: u64) -> &mut Line {
+        let mut digits = [0u8; 16];
+        let mut i = digits.len();
+        let mut v = v;
+        loop {
+            i -= 1;
+            digits[i] = b"0123456789abcdef"[(v & 0xf) as usize];
+            v >>= 4;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(b"0x").push(&digits[i..])
+    }
+
     /// Writes the line, with a newline, to stderr.
     pub fn emit(&mut self) {
         self.push(b"\n");

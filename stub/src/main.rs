@@ -18,6 +18,7 @@ mod line;
 mod mem;
 mod mm;
 mod protect;
+mod secure;
 mod stack;
 mod sys;
 mod thread;
@@ -45,6 +46,8 @@ pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
     // 3. The program break: this run's, or the captured heap's end (7. and publish this
     //    run's argument and environment ranges: both are fields of the one prctl_mm_map).
     mm::restore_brk_and_ranges(d, &st);
+    // 3b. In a secure run (AT_SECURE), drop the variables ld.so drops for setuid programs.
+    secure::scrub_environment(&mut st);
     // 4. Point the image's vDSO functions at this kernel's vDSO, or at system calls.
     vdso::connect(d, &st);
     // 5. Redirect pointers into the capture-time stack; fresh canary and pointer guard;
@@ -70,8 +73,18 @@ pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
 }
 
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    fail::fail("internal error in the restore stub", 0)
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let (file, line) = info
+        .location()
+        .map_or((&b"?"[..], 0), |l| (l.file().as_bytes(), l.line()));
+    fail::fail_with(
+        "internal error in the restore stub",
+        &[
+            ("at", fail::Value::Name(file)),
+            ("line", fail::Value::Num(u64::from(line))),
+        ],
+        0,
+    )
 }
 
 /// The precompiled `core` refers to the unwinding personality routine even though the stub

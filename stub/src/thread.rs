@@ -10,10 +10,17 @@ use linux_raw_sys::general as g;
 const RSEQ_CPU_ID_REGISTRATION_FAILED: u32 = (-2i32) as u32;
 
 pub fn register(d: &Descriptor) {
-    fail::check(
-        arch::set_thread_pointer(&d.tls),
-        "cannot install the thread pointer",
-    );
+    let ret = arch::set_thread_pointer(&d.tls);
+    if ret < 0 && ret > -4096 {
+        fail::fail_with(
+            "cannot install the thread pointer",
+            &[
+                ("base", fail::Value::Addr(d.tls.base)),
+                ("entry", fail::Value::Num(u64::from(d.tls.entry))),
+            ],
+            ret,
+        );
+    }
     let r = &d.regs;
     if r.tid_address != 0 {
         // SAFETY: glibc passes `&pd->tid` to set_tid_address and stores the returned

@@ -25,7 +25,16 @@ pub fn connect(d: &'static Descriptor, st: &InitialStack) {
             .as_ref()
             .and_then(|v| vdso_fn::names(s.func).iter().find_map(|n| v.lookup(n)))
             .or_else(|| arch::vdso_fallback(s.func, st))
-            .unwrap_or_else(|| fail::fail("cannot provide a vDSO function of the image", 0));
+            .unwrap_or_else(|| {
+                fail::fail_with(
+                    "cannot provide a vDSO function of the image",
+                    &[(
+                        "",
+                        fail::Value::Name(vdso_fn::names(s.func).first().copied().unwrap_or(b"?")),
+                    )],
+                    0,
+                )
+            });
         // SAFETY: slots are native words in writable pages of the image (builder
         // `vdso.rs`), read only by the proxy's jumps.
         unsafe { (s.slot as usize as *mut usize).write(target) };

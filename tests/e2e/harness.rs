@@ -43,12 +43,19 @@ fn a_hung_child_fails_the_test_and_is_killed_with_its_descendants() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no grandchild pid in the output shown: {msg}"));
     for p in [pid, grandchild] {
-        // Reaped or a zombie about to be: either way no longer running.
-        let state = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let running = state
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'));
-        assert!(!running, "process {p} still runs: {state}");
+        // Reaped, or a zombie about to be: either way no longer running. SIGKILL takes a
+        // moment to end a process, so look for up to 5 s.
+        let state = || std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let running = |s: &str| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        };
+        let t = Instant::now();
+        while running(&state()) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let s = state();
+        assert!(!running(&s), "process {p} still runs: {s}");
     }
 }
 

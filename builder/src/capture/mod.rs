@@ -12,14 +12,15 @@
 pub mod procfs;
 pub mod tracee;
 
-use crate::error::{capture_err, other, Result};
+use crate::error::{capture_err, Result};
 use crate::image::{self, Image, Object, Region};
 use crate::program::{Arch, Program};
 use elfpack_stub::abi;
 use goblin::elf::program_header::{PF_R, PF_W, PF_X};
 use nix::sys::signal::Signal;
 use procfs::{Mapping, Memory};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,6 +87,8 @@ pub struct Options {
     /// comparison with a capture that saw the kernel's own values finds where it keeps
     /// them.
     pub vary_aux: bool,
+    /// Send the program's stderr to /dev/null.
+    pub quiet: bool,
 }
 
 /// The capture-time initial stack, for classifying pointers into it.
@@ -168,7 +171,7 @@ const AT_SYSINFO_EHDR: u64 = 33;
 pub const VARIED_AUX: &[(u64, u64)] = &[(17, 0x40), (26, 1 << 30), (51, 0x400)];
 
 pub fn capture(prog: &Program, opts: &Options) -> Result<Captured> {
-    let mut t = Tracee::spawn(&prog.path, &opts.args, &opts.env)?;
+    let mut t = Tracee::spawn(&prog.path, &opts.args, &opts.env, opts.quiet)?;
     let pid = t.pid.as_raw();
     let word = prog.arch.word();
     let mem = Memory::open(pid)?;
@@ -303,7 +306,7 @@ fn stack_extent(maps: &[Mapping], sp: u64) -> Option<(u64, u64)> {
 }
 
 /// The program's extent: its file mappings and the anonymous mappings (bss) right after.
-fn program_extent(maps: &[Mapping], exe_path: &str) -> (u64, u64) {
+fn program_extent(maps: &[Mapping], exe_path: &std::ffi::OsStr) -> (u64, u64) {
     let lo = maps
         .iter()
         .find(|m| m.path == exe_path)
@@ -323,7 +326,11 @@ fn program_extent(maps: &[Mapping], exe_path: &str) -> (u64, u64) {
 /// program with room for its heap when that holds a whole window, else (when the program
 /// leaves too little room above it, as a large i386 bss does) the larger of the room above
 /// and the room below it; at most the steering's window.
-fn choose_window(maps: &[Mapping], exe_path: &str, steer: &Steer) -> Result<(u64, u64)> {
+fn choose_window(
+    maps: &[Mapping],
+    exe_path: &std::ffi::OsStr,
+    steer: &Steer,
+) -> Result<(u64, u64)> {
     // The lowest address used (mmap_min_addr and the first 16 MiB stay free) and the top
     // of the range (i386: the 4 GiB address space, where the kernel also puts the stack).
     let (floor, top) = if steer.is64 {
@@ -699,7 +706,7 @@ fn run(
     let in_stack = |m: &Mapping| stack_range.is_some_and(|(a, b)| a <= m.start && m.end <= b);
     if let Some(l) = &layout {
         for m in &maps {
-            let special = (m.path.starts_with('[') && m.path != "[heap]") || in_stack(m);
+            let special = (m.is_special() && m.path != "[heap]") || in_stack(m);
             let exe = m.path == exe_path;
             if !special
                 && !exe
@@ -709,9 +716,9 @@ fn run(
                 // Anonymous bss right after the program is part of the program.
                 let after_exe = maps.iter().any(|e| e.path == exe_path && e.end == m.start);
                 if !after_exe {
-                    return Err(other!(
+                    return Err(crate::error::unpackable!(
                         "could not keep the image compact: {} at {:#x}-{:#x} lies outside {:#x}-{:#x}",
-                        if m.path.is_empty() { "an anonymous mapping" } else { &m.path },
+                        if m.path.is_empty() { "an anonymous mapping".into() } else { m.path.to_string_lossy() },
                         m.start,
                         m.end,
                         l.window.0,
@@ -731,7 +738,7 @@ fn run(
     // File mappings without a single private (written) page hold the file's own bytes:
     // take them from the file instead of copying them out of the process.
     let unwritten = procfs::unwritten_file_mappings(pid)?;
-    let mut files: std::collections::HashMap<String, std::sync::Arc<crate::files::Bytes>> =
+    let mut files: std::collections::HashMap<OsString, std::sync::Arc<crate::files::Bytes>> =
         Default::default();
     for m in maps.iter().filter(|m| unwritten.contains_key(&m.start)) {
         if !files.contains_key(&m.path) {
@@ -744,7 +751,7 @@ fn run(
     let mut objects: Vec<Object> = Vec::new();
     let mut vdso = None;
     for m in &maps {
-        match m.path.as_str() {
+        match m.path.to_str().unwrap_or("") {
             "[stack]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]" => continue,
             "[vdso]" => vdso = Some((m.start, m.end)),
             _ => {}
@@ -775,11 +782,11 @@ fn run(
         let origin = if m.path == "[vdso]" {
             "[vdso proxy]".to_string()
         } else {
-            m.path.clone()
+            m.path.to_string_lossy().into_owned()
         };
-        if m.path.starts_with('/') && !objects.iter().any(|o| o.path == m.path) {
+        if m.is_file() && !objects.iter().any(|o| o.path.as_os_str() == m.path) {
             objects.push(Object {
-                path: m.path.clone(),
+                path: PathBuf::from(&m.path),
                 base: m.start - m.offset,
             });
         }
@@ -788,6 +795,7 @@ fn run(
             end: m.end,
             prot: m.prot,
             origin,
+            file: m.is_file().then(|| PathBuf::from(&m.path)),
             file_offset: m.offset,
             data,
         });
@@ -818,9 +826,10 @@ fn run(
         (0, 0)
     };
     let (start_code, end_code, start_data, end_data) = program_ranges(prog, &maps, &exe_path);
-    let enable_secure = crate::symbols::lookup_dynsym(&interp_path, "__libc_enable_secure")
-        .map(|v| v + ldso_base)
-        .unwrap_or(0);
+    let enable_secure =
+        crate::symbols::lookup_dynsym(std::path::Path::new(&interp_path), "__libc_enable_secure")
+            .map(|v| v + ldso_base)
+            .unwrap_or(0);
     // `__rseq_size` (glibc 2.35+; defined in ld.so, `sysdeps/nptl/dl-tls_init_tp.c`): the
     // stub zeroes it when this run's kernel refuses the rseq registration, as glibc does.
     // A program that reads it has its own copy (a copy relocation), which ld.so's look-up
@@ -829,7 +838,9 @@ fn run(
         .iter()
         .find(|o| o.path == exe_path)
         .and_then(|o| crate::symbols::defined_at(&o.path, o.base, "__rseq_size"))
-        .or_else(|| crate::symbols::defined_at(&interp_path, ldso_base, "__rseq_size"))
+        .or_else(|| {
+            crate::symbols::defined_at(std::path::Path::new(&interp_path), ldso_base, "__rseq_size")
+        })
         .unwrap_or(0);
     // The stack is executable when ld.so made it so (glibc `elf/dl-load.c`,
     // `_dl_map_object_from_fd`: a library's PT_GNU_STACK asks for PF_X), or when the
@@ -867,6 +878,7 @@ fn run(
         },
         enable_secure,
         rseq_size,
+        secure_copies: crate::symbols::definitions(&objects, "__libc_enable_secure", &interp_path),
         fixups: Vec::new(),
         vdso: vdso.map(|(start, end)| image::Vdso {
             start,
@@ -897,7 +909,7 @@ fn mask(word: usize) -> u64 {
 
 /// start_code/end_code/start_data/end_data as the kernel computed them for the original
 /// program (linux `fs/binfmt_elf.c`, `load_elf_binary`), from its PT_LOADs and load bias.
-fn program_ranges(prog: &Program, maps: &[Mapping], exe_path: &str) -> (u64, u64, u64, u64) {
+fn program_ranges(prog: &Program, maps: &[Mapping], exe_path: &OsStr) -> (u64, u64, u64, u64) {
     let lowest = maps
         .iter()
         .filter(|m| m.path == exe_path)
@@ -999,7 +1011,7 @@ mod tests {
 
     #[test]
     fn window_lies_above_the_program_and_its_bss_when_there_is_room() {
-        let (lo, hi) = choose_window(&i386_maps(1 << 20), "/p", &STEER_I386).unwrap();
+        let (lo, hi) = choose_window(&i386_maps(1 << 20), "/p".as_ref(), &STEER_I386).unwrap();
         assert_eq!(lo, 0x5700_0000 + STEER_I386.heap_room);
         assert_eq!(hi, lo + STEER_I386.window_size);
     }
@@ -1008,7 +1020,7 @@ mod tests {
     fn window_never_overlaps_a_large_bss() {
         for bss in [523u64 << 20, 1536 << 20] {
             let maps = i386_maps(bss);
-            let (lo, hi) = choose_window(&maps, "/p", &STEER_I386).unwrap();
+            let (lo, hi) = choose_window(&maps, "/p".as_ref(), &STEER_I386).unwrap();
             assert!(hi - lo >= 64 << 20);
             for x in &maps {
                 assert!(
@@ -1040,7 +1052,7 @@ mod tests {
             m(0x0200_0000, 0xf7f0_0000, ""),
             m(0xf7fc_9000, 0xf7ff_d000, "/lib/ld-linux.so.2"),
         ];
-        let err = choose_window(&maps, "/p", &STEER_I386).unwrap_err();
+        let err = choose_window(&maps, "/p".as_ref(), &STEER_I386).unwrap_err();
         assert!(err.to_string().contains("leave no room"), "{err}");
     }
 }

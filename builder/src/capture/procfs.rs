@@ -1,6 +1,8 @@
 //! Reading a stopped tracee through /proc: its mappings, memory and break.
 use crate::error::{capture_err, Result};
+use std::ffi::OsString;
 use std::fs::File;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 
 /// One line of /proc/PID/maps.
@@ -10,42 +12,112 @@ pub struct Mapping {
     pub end: u64,
     pub prot: u32,
     pub offset: u64,
-    pub path: String,
+    /// The file's path as bytes, a pseudo name (`[heap]`, `[vdso]`, ...), or empty.
+    pub path: OsString,
 }
 
-pub fn maps(pid: i32) -> Result<Vec<Mapping>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map_err(|e| capture_err!("cannot read /proc/{pid}/maps: {e}"))?;
+impl Mapping {
+    /// Whether the name is a pseudo name such as `[vdso]`.
+    pub fn is_special(&self) -> bool {
+        self.path.as_bytes().starts_with(b"[")
+    }
+    /// Whether the mapping is of a file (its name is an absolute path).
+    pub fn is_file(&self) -> bool {
+        self.path.as_bytes().starts_with(b"/")
+    }
+}
+
+/// Parses the text of /proc/PID/maps exactly (linux `fs/proc/task_mmu.c`,
+/// `show_map_vma`): five fields separated by single spaces, padding spaces, then the name
+/// to the end of the line. The name keeps its own spaces, leading and trailing; the kernel
+/// writes a newline in it as `\012` (`seq_file_path` with the escape set "\n"), which is
+/// turned back into a newline.
+pub fn parse_maps(text: &[u8]) -> Vec<Mapping> {
     let mut out = Vec::new();
-    for line in text.lines() {
-        let mut f = line.splitn(6, ' ');
-        let (Some(range), Some(perms), Some(offset)) = (f.next(), f.next(), f.next()) else {
+    for line in text.split(|&c| c == b'\n') {
+        let mut rest = line;
+        let mut fields = [&b""[..]; 5];
+        let mut ok = true;
+        for f in fields.iter_mut() {
+            match rest.iter().position(|&c| c == b' ') {
+                Some(i) => {
+                    *f = &rest[..i];
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    *f = rest;
+                    rest = &[];
+                    ok &= !f.is_empty();
+                }
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let name_at = rest.iter().position(|&c| c != b' ').unwrap_or(rest.len());
+        let name = unescape(&rest[name_at..]);
+        let hex = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+        };
+        let Some((a, b)) = std::str::from_utf8(fields[0])
+            .ok()
+            .and_then(|r| r.split_once('-'))
+        else {
             continue;
         };
-        let (_dev, _inode) = (f.next(), f.next());
-        let path = f.next().unwrap_or("").trim().to_string();
-        let Some((a, b)) = range.split_once('-') else {
+        let (Some(start), Some(end), Some(offset)) =
+            (hex(a.as_bytes()), hex(b.as_bytes()), hex(fields[2]))
+        else {
             continue;
         };
-        let p = perms.as_bytes();
+        let p = fields[1];
+        if p.len() < 3 {
+            continue;
+        }
         let prot = u32::from(p[0] == b'r')
             | (u32::from(p[1] == b'w') << 1)
             | (u32::from(p[2] == b'x') << 2);
         out.push(Mapping {
-            start: u64::from_str_radix(a, 16).unwrap_or(0),
-            end: u64::from_str_radix(b, 16).unwrap_or(0),
+            start,
+            end,
             prot,
-            offset: u64::from_str_radix(offset, 16).unwrap_or(0),
-            path,
+            offset,
+            path: OsString::from_vec(name),
         });
     }
-    Ok(out)
+    out
+}
+
+/// Undoes the kernel's `\ooo` escape of a newline in a mapped file's name.
+fn unescape(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    let mut i = 0;
+    while i < name.len() {
+        if name[i..].starts_with(b"\\012") {
+            out.push(b'\n');
+            i += 4;
+        } else {
+            out.push(name[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+pub fn maps(pid: i32) -> Result<Vec<Mapping>> {
+    let text = std::fs::read(format!("/proc/{pid}/maps"))
+        .map_err(|e| capture_err!("cannot read /proc/{pid}/maps: {e}"))?;
+    Ok(parse_maps(&text))
 }
 
 /// `start_brk` (field 47 of /proc/PID/stat).
 pub fn start_brk(pid: i32) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    // The command name need not be UTF-8.
+    let bytes = std::fs::read(format!("/proc/{pid}/stat"))
         .map_err(|e| capture_err!("cannot read /proc/{pid}/stat: {e}"))?;
+    let text = String::from_utf8_lossy(&bytes);
     // The command name (field 2) may contain spaces; fields after its ')' are plain.
     let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     rest.split_whitespace()
@@ -101,8 +173,10 @@ impl Memory {
 /// Start addresses of the file mappings that have no anonymous (copied-on-write) pages,
 /// from /proc/PID/smaps: their contents are exactly the file's.
 pub fn unwritten_file_mappings(pid: i32) -> Result<std::collections::HashMap<u64, ()>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+    // File names need not be UTF-8; only the field names and numbers are read here.
+    let bytes = std::fs::read(format!("/proc/{pid}/smaps"))
         .map_err(|e| capture_err!("cannot read /proc/{pid}/smaps: {e}"))?;
+    let text = String::from_utf8_lossy(&bytes);
     let mut out = std::collections::HashMap::new();
     let mut current: Option<(u64, bool)> = None;
     for line in text.lines() {
@@ -155,4 +229,46 @@ pub fn read_resident(pid: i32, mem: &Memory, addr: u64, len: usize) -> Result<Ve
         mem.read_into(addr + from as u64, &mut buf[from..to])?;
     }
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_exactly() {
+        let text = b"\
+555555554000-555555556000 r--p 00000000 08:01 1234                       /tmp/prog \n\
+555555556000-555555557000 r-xp 00002000 08:01 1234                       /tmp/a\\012b/lib x.so\n\
+7ffff7fc1000-7ffff7fc5000 r--p 00000000 00:00 0                          [vvar]\n\
+7ffff7fc5000-7ffff7fc7000 rw-p 00000000 00:00 0 \n\
+7ffff7fc7000-7ffff7fc9000 r--p 00000000 08:01 99                         /tmp/\xff old (deleted)\n";
+        let m = parse_maps(text);
+        assert_eq!(m.len(), 5);
+        assert_eq!(m[0].path, OsString::from("/tmp/prog "));
+        assert_eq!(
+            (m[0].start, m[0].end, m[0].prot),
+            (0x555555554000, 0x555555556000, 1)
+        );
+        assert_eq!(m[1].path, OsString::from("/tmp/a\nb/lib x.so"));
+        assert_eq!((m[1].offset, m[1].prot), (0x2000, 5));
+        assert!(m[2].is_special());
+        assert!(m[3].path.is_empty());
+        assert_eq!(m[4].path.as_bytes(), b"/tmp/\xff old (deleted)");
+        assert!(m[4].is_file());
+    }
+
+    #[test]
+    fn survives_garbage() {
+        for t in [
+            &b""[..],
+            b"\n\n",
+            b"x",
+            b"1-2 r",
+            b"zz-1 r--p 0 0:0 0 /x",
+            b"1-2 rw 0 0:0 0",
+        ] {
+            let _ = parse_maps(t);
+        }
+    }
 }

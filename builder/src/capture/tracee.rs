@@ -16,6 +16,8 @@ pub type Regs = nix::libc::user_regs_struct;
 pub struct Tracee {
     pub pid: Pid,
     alive: bool,
+    /// Processes and threads the program started (traced automatically, never resumed).
+    descendants: Vec<Pid>,
 }
 
 /// How the tracee stopped.
@@ -37,15 +39,42 @@ impl Tracee {
         program: &Path,
         argv: &[OsString],
         env: &[(OsString, OsString)],
+        quiet: bool,
     ) -> Result<Tracee> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let cstring = |b: Vec<u8>| {
+            CString::new(b).map_err(|_| {
+                capture_err!(
+                    "cannot run {}: an argument or environment string holds a NUL byte",
+                    program.display()
+                )
+            })
+        };
+        // Everything execve needs is built before the fork: the child only makes system
+        // calls.
+        let path_c = cstring(program.as_os_str().as_bytes().to_vec())?;
+        let argv_c = argv
+            .iter()
+            .map(|a| cstring(a.as_bytes().to_vec()))
+            .collect::<Result<Vec<_>>>()?;
+        let env_c = env
+            .iter()
+            .map(|(k, v)| cstring([k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect::<Result<Vec<_>>>()?;
+        let pointers = |v: &[CString]| -> Vec<usize> {
+            v.iter()
+                .map(|s| s.as_ptr() as usize)
+                .chain(std::iter::once(0))
+                .collect()
+        };
+        let (argv_p, env_p) = (pointers(&argv_c), pointers(&env_c));
+        let parent = nix::unistd::getpid();
         let mut cmd = Command::new(program);
-        if let Some(a0) = argv.first() {
-            cmd.arg0(a0);
-        }
-        cmd.args(argv.iter().skip(1))
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null());
+        if quiet {
+            cmd.stderr(Stdio::null());
+        }
         // The capture runs on the first CPU the caller may use: ld.so records CPUID
         // results, and leaf 1 holds the APIC ID of the CPU it ran on.
         let cpu = nix::sched::sched_getaffinity(Pid::from_raw(0))
@@ -54,31 +83,55 @@ impl Tracee {
                 (0..nix::sched::CpuSet::count()).find(|&c| set.is_set(c).unwrap_or(false))
             });
         // SAFETY: between fork and exec the closure only makes system calls
-        // (sched_setaffinity, ptrace(PTRACE_TRACEME), personality(2)), all async-signal-safe.
+        // (sched_setaffinity, prctl, getppid, ptrace(PTRACE_TRACEME), personality, execve),
+        // all async-signal-safe (signal-safety(7)), on memory allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
+                // Keep the CStrings alive in the closure: the pointer arrays point into them.
+                let _ = (&path_c, &argv_c, &env_c);
                 if let Some(c) = cpu {
                     let mut one = nix::sched::CpuSet::new();
                     let _ = one.set(c);
                     let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), &one);
                 }
+                // Die with elfpack: a tracee must never outlive its tracer (prctl(2),
+                // PR_SET_PDEATHSIG; kept across this execve, the program is not setuid).
+                // A parent that died before the prctl is seen in getppid().
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                if nix::unistd::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+                }
                 ptrace::traceme().map_err(std::io::Error::from)?;
                 let p = nix::sys::personality::get().map_err(std::io::Error::from)?;
                 nix::sys::personality::set(p | nix::sys::personality::Persona::ADDR_NO_RANDOMIZE)
                     .map_err(std::io::Error::from)?;
-                Ok(())
+                // Exactly PROGRAM: execve, never execvp, whose ENOEXEC fallback runs
+                // /bin/sh with the program as a script (glibc `posix/execvpe.c`).
+                nix::libc::execve(
+                    path_c.as_ptr(),
+                    argv_p.as_ptr() as *const *const nix::libc::c_char,
+                    env_p.as_ptr() as *const *const nix::libc::c_char,
+                );
+                Err(std::io::Error::last_os_error())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
-            capture_err!(
+        let child = cmd.spawn().map_err(|e| match e.raw_os_error() {
+            // The kernel refuses the file itself: it cannot be packed.
+            Some(nix::libc::ENOEXEC) | Some(nix::libc::EACCES) => crate::error::unpackable!(
+                "{}: the kernel refuses to execute it ({})",
+                program.display(),
+                crate::program::io_reason(&e).to_lowercase()
+            ),
+            _ => capture_err!(
                 "cannot run {}: {}",
                 program.display(),
                 crate::program::io_reason(&e)
-            )
+            ),
         })?;
         let mut t = Tracee {
             pid: Pid::from_raw(child.id() as i32),
             alive: true,
+            descendants: Vec::new(),
         };
         // After a successful execve a PTRACE_TRACEME child stops with SIGTRAP
         // (ptrace(2), "execve(2) under ptrace").
@@ -90,11 +143,30 @@ impl Tracee {
                 ))
             }
         }
+        // Every process the program starts is traced too (so it stays stopped, and is
+        // killed with the program), and all of them die if elfpack does.
         ptrace::setoptions(
             t.pid,
-            ptrace::Options::PTRACE_O_TRACESYSGOOD | ptrace::Options::PTRACE_O_EXITKILL,
+            ptrace::Options::PTRACE_O_TRACESYSGOOD
+                | ptrace::Options::PTRACE_O_EXITKILL
+                | ptrace::Options::PTRACE_O_TRACEFORK
+                | ptrace::Options::PTRACE_O_TRACEVFORK
+                | ptrace::Options::PTRACE_O_TRACECLONE,
         )
         .map_err(|e| capture_err!("ptrace(SETOPTIONS): {e}"))?;
+        // The image must be PROGRAM's: the file the kernel executed is the one checked.
+        use std::os::unix::fs::MetadataExt;
+        let exe = std::fs::metadata(format!("/proc/{}/exe", t.pid));
+        let want = std::fs::metadata(program);
+        match (exe, want) {
+            (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => {}
+            _ => {
+                return Err(capture_err!(
+                    "{}: the process started is not this program (it changed, or the kernel ran another file)",
+                    program.display()
+                ))
+            }
+        }
         Ok(t)
     }
 
@@ -112,6 +184,22 @@ impl Tracee {
                 WaitStatus::Signaled(_, sig, _) => {
                     self.alive = false;
                     Stop::Killed(sig)
+                }
+                WaitStatus::PtraceEvent(pid, _, ev)
+                    if [
+                        nix::libc::PTRACE_EVENT_FORK,
+                        nix::libc::PTRACE_EVENT_VFORK,
+                        nix::libc::PTRACE_EVENT_CLONE,
+                    ]
+                    .contains(&ev) =>
+                {
+                    // The new process is attached and stopped; it stays so until it is
+                    // killed with the program. The program goes on to the next stop.
+                    if let Ok(child) = ptrace::getevent(pid) {
+                        self.descendants.push(Pid::from_raw(child as i32));
+                    }
+                    ptrace::syscall(pid, None).map_err(|e| capture_err!("ptrace(SYSCALL): {e}"))?;
+                    continue;
                 }
                 _ => continue,
             });
@@ -176,9 +264,15 @@ impl Tracee {
 
 impl Drop for Tracee {
     fn drop(&mut self) {
+        let mut all = self.descendants.clone();
         if self.alive {
-            let _ = signal::kill(self.pid, Signal::SIGKILL);
-            while let Ok(st) = waitpid(self.pid, Some(WaitPidFlag::__WALL)) {
+            all.insert(0, self.pid);
+        }
+        for &p in &all {
+            let _ = signal::kill(p, Signal::SIGKILL);
+        }
+        for &p in &all {
+            while let Ok(st) = waitpid(p, Some(WaitPidFlag::__WALL)) {
                 if matches!(st, WaitStatus::Exited(..) | WaitStatus::Signaled(..)) {
                     break;
                 }
