@@ -153,6 +153,7 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
     // with the capture's pointer guard (atexit handlers): it must stay as it is.
     let keep_guard = image.resume_kind == elfpack_stub::abi::RESUME_ENTRY;
     let mut found = Vec::new();
+    let mut stale = Vec::new();
     for r in &image.regions {
         // Code is never written by ld.so here (BIND_NOW binds through the GOT), except that
         // under READ_IMPLIES_EXEC every region looks like code.
@@ -211,6 +212,11 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
             } else if v >= st.lo && v < st.hi {
                 match classify(st, w as u64, v, addr) {
                     Ok(f) => found.push(f),
+                    // At the hand-over the break holds only what ld.so allocated while
+                    // starting (glibc `elf/dl-minimal-malloc.c`, `_dl_early_allocate`):
+                    // a stack address there is a stale frame address. It depends on the
+                    // capture's environment size, so it is zeroed, for reproducible output.
+                    Err(_) if r.origin == "[heap]" && !keep_guard => stale.push(addr),
                     Err(e) => notes.push(e.to_string()),
                 }
             }
@@ -218,6 +224,9 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
     }
     for f in &found {
         image.write_word(f.addr, 0);
+    }
+    for &addr in &stale {
+        image.write_word(addr, 0);
     }
     // Copies of `__libc_enable_secure` get this run's AT_SECURE (the capture's is 0).
     found.extend(image.secure_copies.iter().map(|&addr| Fixup {

@@ -43,13 +43,26 @@ pub fn zero_differences(a: &mut Image, b: &Image, argc: Option<u64>) -> Result<V
             .map(|r| (r.start, r.end, r.prot))
             .collect::<Vec<_>>()
     };
-    if shape(a) != shape(b) || a.resume_pc != b.resume_pc || a.fixups != b.fixups {
+    if shape(a) != shape(b) || a.resume_pc != b.resume_pc {
         return Err(other!(
             "two captures of the program differ in layout; it cannot be packed reproducibly"
         ));
     }
+    // A word that both captures classify alike points at the same part of the initial
+    // stack. One classified differently (or in one capture only) held a stack address
+    // that is not a part of it: a stale frame address in memory ld.so used while starting
+    // (on i386 its early allocations come from the break), which moves with the stack's
+    // size. It varies, so it is zeroed like the other varying words (both captures
+    // already hold zero there) and gets no fixup.
+    let stale: Vec<u64> = a
+        .fixups
+        .iter()
+        .filter(|f| !b.fixups.contains(f))
+        .map(|f| f.addr)
+        .collect();
+    a.fixups.retain(|f| !stale.contains(&f.addr));
     let w = a.arch.word();
-    let mut diffs = Vec::new();
+    let mut diffs = stale;
     let mut argc_ints = Vec::new();
     for (ra, rb) in a.regions.iter_mut().zip(&b.regions) {
         let (Some(da), Some(db)) = (ra.data.as_mut(), rb.data.as_ref()) else {
