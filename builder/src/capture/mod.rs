@@ -32,6 +32,8 @@ pub const RANDOM_PATTERN: [u8; 16] = [
 ];
 
 const GIB: u64 = 1 << 30;
+const PAGE: u64 = 4096;
+const GETPID_X86_64: u64 = 39;
 
 /// Per-architecture facts of the layout steering.
 struct Steer {
@@ -357,9 +359,14 @@ fn run(
     let mut at_phdr = at_phdr;
     let mut at_entry = at_entry;
     let mut maps = maps;
-    // Moving the program leaves the kernel's break where it was; that is harmless while
-    // the heap stays unused until the snapshot, which holds at `_dl_start_user` but not
-    // after the initializers have run (--stop-at-entry).
+    // Moving the program leaves the kernel's break where it was (no system call moves
+    // `start_brk` without privileges or CONFIG_CHECKPOINT_RESTORE). ld.so itself may grow
+    // the break before the snapshot: up to glibc 2.34, `tunables_strdup` copies
+    // GLIBC_TUNABLES (which `--cpu` sets) with `__sbrk` (glibc `elf/dl-tunables.c`). A heap
+    // at the kernel's break would put one page of the image tens of TiB away from the rest.
+    // So while the program is moved, ld.so's `brk` calls are answered by the capture with a
+    // break that starts right after the moved program, backed by anonymous mappings there.
+    let mut fake_brk: Option<u64> = None;
     if prog.arch == Arch::X86_64 && prog.pie && !opts_at_entry {
         // The program's file mappings and the anonymous bss right after them.
         let mut exe: Vec<Mapping> = Vec::new();
@@ -389,6 +396,7 @@ fn run(
             set_aux(mem, &mut stack, word, AT_PHDR, at_phdr)?;
             set_aux(mem, &mut stack, word, AT_ENTRY, at_entry)?;
             maps = procfs::maps(pid)?;
+            fake_brk = Some(align_up(exe.last().unwrap().end.wrapping_add(delta), PAGE));
         }
     }
     let steer = if prog.arch == Arch::X86_64 {
@@ -481,6 +489,8 @@ fn run(
     let mut rec = Recorded::default();
     let mut in_syscall = false;
     let mut pending_hint: Option<(u64, u64)> = None;
+    // An answered `brk`: the requested break, and whether it was turned into an mmap.
+    let mut pending_brk: Option<(u64, bool)> = None;
     let mut entry_regs = regs;
     let mut sig = None;
     let mut entry_stop: Option<(u64, u8)> = None;
@@ -494,7 +504,23 @@ fn run(
                 let r = t.regs()?;
                 if !in_syscall {
                     entry_regs = r;
-                    if let Some(l) = layout.as_ref() {
+                    if let Some(cur) = fake_brk.filter(|_| r.orig_rax == nrs.brk) {
+                        // brk(addr) above the current break becomes
+                        // mmap(cur, addr - cur, RW, PRIVATE|ANONYMOUS|FIXED_NOREPLACE);
+                        // anything else (brk(0), a shrink) becomes getpid and returns `cur`.
+                        let req = r.rdi;
+                        let mut r2 = r;
+                        if req > cur {
+                            const MAP_PRIVATE_ANON_NOREPLACE: u64 = 0x02 | 0x20 | 0x10_0000;
+                            r2.orig_rax = steer.mmap;
+                            (r2.rdi, r2.rsi, r2.rdx, r2.r10, r2.r8, r2.r9) =
+                                (cur, align_up(req, PAGE) - cur, 3, MAP_PRIVATE_ANON_NOREPLACE, u64::MAX, 0);
+                        } else {
+                            r2.orig_rax = GETPID_X86_64;
+                        }
+                        t.set_regs(r2)?;
+                        pending_brk = Some((req, req > cur));
+                    } else if let Some(l) = layout.as_ref() {
                         const MAP_FIXED: u64 = 0x10;
                         const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
                         // mmap(addr, len, prot, flags, ...): rdi, rsi, rdx, r10 on x86-64;
@@ -512,6 +538,17 @@ fn run(
                             pending_hint = Some((l.cursor, len));
                         }
                     }
+                } else if let (Some((req, grew)), Some(cur)) = (pending_brk.take(), fake_brk) {
+                    // What the kernel's brk would return: the new break, or the old one
+                    // when it cannot grow.
+                    let mut r2 = r;
+                    r2.rax = if grew && r.rax == cur {
+                        fake_brk = Some(align_up(req, PAGE));
+                        req
+                    } else {
+                        cur
+                    };
+                    t.set_regs(r2)?;
                 } else {
                     record(&mut rec, nrs, prog.arch, &entry_regs, &r, mem)?;
                     if let (Some((hint, len)), Some(l)) = (pending_hint.take(), layout.as_mut()) {
