@@ -136,6 +136,11 @@ pub mod fixup_kind {
     /// The base name of `argv[arg]` (what follows its last '/'), or an empty string when
     /// this run has fewer arguments.
     pub const ARGV_BASENAME: u32 = 10;
+    /// A secret drawn with getrandom(2) before the snapshot (glibc 2.42+: malloc's
+    /// `tcache_key`, `malloc/malloc.c` `tcache_key_initialize`): a fresh random word that,
+    /// like glibc's, is far from 0 and from all-ones, with between a quarter and three
+    /// quarters of its bits set.
+    pub const RANDOM_KEY: u32 = 11;
 }
 
 /// One word of the image to rewrite at restore.

@@ -31,6 +31,16 @@ pub const RANDOM_PATTERN: [u8; 16] = [
     0x9e, 0x37, 0x79, 0xb9, 0x7f, 0x4a, 0x7c, 0x15, 0xf3, 0x9c, 0xc0, 0x60, 0x5c, 0xed, 0xc8, 0x34,
 ];
 
+/// What every getrandom(2) made before the snapshot returns at capture, repeated: glibc
+/// 2.42+ draws malloc's `tcache_key` then (`malloc/arena.c` `__ptmalloc_init`,
+/// `malloc/malloc.c` `tcache_key_initialize`, through the system call, not the vDSO). A
+/// fixed value keeps two captures equal (else normalisation would zero the key, and
+/// glibc's double-free check loops forever on a zero key), and lets the builder find the
+/// words for the stub to draw afresh. It meets glibc's own conditions on the key as a
+/// 64-bit and as a 32-bit word (far from 0 and all-ones, 35 and 18 bits set), so glibc
+/// keeps it instead of falling back to its clock-based `random_bits`.
+pub const GETRANDOM_PATTERN: [u8; 8] = [0x5b, 0xd1, 0xe9, 0x95, 0x3c, 0x6f, 0xa2, 0x47];
+
 const GIB: u64 = 1 << 30;
 const PAGE: u64 = 4096;
 const GETPID_X86_64: u64 = 39;
@@ -126,6 +136,7 @@ struct Recorded {
 /// System-call numbers the capture looks at, per architecture of the tracee.
 struct Nrs {
     brk: u64,
+    getrandom: u64,
     set_tid_address: u64,
     set_robust_list: u64,
     rseq: u64,
@@ -134,6 +145,7 @@ struct Nrs {
 
 const X86_64_NRS: Nrs = Nrs {
     brk: 12,
+    getrandom: 318,
     set_tid_address: 218,
     set_robust_list: 273,
     rseq: 334,
@@ -141,6 +153,7 @@ const X86_64_NRS: Nrs = Nrs {
 };
 const I386_NRS: Nrs = Nrs {
     brk: 45,
+    getrandom: 355,
     set_tid_address: 258,
     set_robust_list: 311,
     rseq: 386,
@@ -824,6 +837,11 @@ fn record(
     if nr == nrs.brk {
         rec.brk = Some(exit.rax & mask(arch.word()));
     } else if !ok {
+    } else if nr == nrs.getrandom {
+        // No per-capture randomness in the image: see GETRANDOM_PATTERN.
+        let n = (exit.rax & mask(arch.word())) as usize;
+        let fill: Vec<u8> = GETRANDOM_PATTERN.iter().copied().cycle().take(n).collect();
+        mem.write(a[0], &fill)?;
     } else if nr == nrs.set_tid_address {
         rec.regs.tid_address = a[0];
     } else if nr == nrs.set_robust_list {
