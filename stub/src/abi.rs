@@ -43,8 +43,13 @@ pub struct Tls {
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Registrations {
-    /// Argument of `set_tid_address`: glibc passes `&pd->tid`, and caches the result there.
+    /// Argument of `set_tid_address`: up to glibc 2.41 `&pd->tid`; since 2.42
+    /// `&pd->joinstate`, which the kernel clears when the thread exits (glibc commit
+    /// 5da15b15ad, `sysdeps/nptl/dl-tls_init_tp.c`).
     pub tid_address: u64,
+    /// Where glibc caches the thread ID that set_tid_address returns (`pd->tid`); zero
+    /// when the capture did not find it.
+    pub tid_cache: u64,
     pub robust_list_head: u64,
     pub robust_list_len: u64,
     pub rseq_area: u64,
@@ -290,7 +295,7 @@ pub fn bytes_of<T: Plain>(v: &T) -> &[u8] {
 }
 
 const _: () = assert!(core::mem::size_of::<Tls>() == 8 + 4 * 4);
-const _: () = assert!(core::mem::size_of::<Registrations>() == 4 * 8 + 2 * 4);
+const _: () = assert!(core::mem::size_of::<Registrations>() == 5 * 8 + 2 * 4);
 const _: () = assert!(core::mem::size_of::<MmLayout>() == 6 * 8);
 const _: () =
-    assert!(DESCRIPTOR_SIZE == 8 + 4 + 4 + 6 * 8 + 24 + 40 + 48 + 8 + 8 + 4 * 16 + 8 + 2 * 8);
+    assert!(DESCRIPTOR_SIZE == 8 + 4 + 4 + 6 * 8 + 24 + 48 + 48 + 8 + 8 + 4 * 16 + 8 + 2 * 8);

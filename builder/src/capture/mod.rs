@@ -129,6 +129,8 @@ pub struct Captured {
 #[derive(Default)]
 struct Recorded {
     regs: abi::Registrations,
+    /// The thread ID set_tid_address returned.
+    tid: Option<u64>,
     brk: Option<u64>,
     thread_area: Option<abi::Tls>,
 }
@@ -720,6 +722,16 @@ fn run(
             tls
         }
     };
+    if let Some(tid) = rec.tid {
+        rec.regs.tid_cache = find_tid_cache(mem, tls.base, rec.regs.tid_address, tid)?;
+        if rec.regs.tid_cache == 0 {
+            warnings.push(format!(
+                "no copy of the thread ID {tid} near the thread pointer {:#x}: the packed \
+                 program's glibc will not know its own thread ID",
+                tls.base
+            ));
+        }
+    }
     // The program break. While nothing has used the heap (the normal case: ld.so allocates
     // with mmap, and libc's `__curbrk` is still NULL, glibc `misc/sbrk.c`), the packed
     // program keeps the break the kernel gives each run, randomised as usual: zero here
@@ -774,6 +786,33 @@ fn run(
         stack,
         warnings,
     })
+}
+
+/// Where glibc caches the thread ID that set_tid_address returned (`pd->tid`,
+/// `__tls_init_tp`). Up to glibc 2.41 it is the set_tid_address argument itself; since 2.42
+/// that argument is `&pd->joinstate` (which holds THREAD_STATE_JOINABLE, not the ID), and
+/// `pd->tid` is another word of `struct pthread`, which starts at the thread pointer on
+/// x86-64 and i386: the one 32-bit word there that holds the ID.
+fn find_tid_cache(mem: &Memory, tp: u64, tid_address: u64, tid: u64) -> Result<u64> {
+    let read_u32 = |a: u64| -> Result<u64> {
+        let b = mem.read(a, 4)?;
+        Ok(u64::from(u32::from_le_bytes(b[..4].try_into().unwrap())))
+    };
+    if tid_address != 0 && read_u32(tid_address)? == tid {
+        return Ok(tid_address);
+    }
+    // glibc's struct pthread is about 2 KiB (0x9c0 bytes in 2.43 on x86-64).
+    const PTHREAD_SPAN: usize = 0x1000;
+    let Ok(bytes) = mem.read(tp, PTHREAD_SPAN) else {
+        return Ok(0);
+    };
+    let hits: Vec<u64> = bytes
+        .chunks_exact(4)
+        .enumerate()
+        .filter(|(_, c)| u64::from(u32::from_le_bytes((*c).try_into().unwrap())) == tid)
+        .map(|(i, _)| tp + 4 * i as u64)
+        .collect();
+    Ok(if hits.len() == 1 { hits[0] } else { 0 })
 }
 
 fn mask(word: usize) -> u64 {
@@ -844,6 +883,7 @@ fn record(
         mem.write(a[0], &fill)?;
     } else if nr == nrs.set_tid_address {
         rec.regs.tid_address = a[0];
+        rec.tid = Some(exit.rax & mask(arch.word()));
     } else if nr == nrs.set_robust_list {
         rec.regs.robust_list_head = a[0];
         rec.regs.robust_list_len = a[1];
