@@ -52,6 +52,17 @@ const MASKABLE: [(u64, &str); 19] = [
     (SSE2, "SSE2"),
 ];
 
+/// glibc 2.31's names for the "usable" bits its IFUNC selectors test.
+const LEGACY_USABLE: [(u64, &str); 6] = [
+    (AVX, "AVX_Usable"),
+    (AVX2, "AVX2_Usable"),
+    (FMA, "FMA_Usable"),
+    // FMA4 (AMD only) needs AVX usable; no level allows it without AVX.
+    (AVX, "FMA4_Usable"),
+    (AVX512F, "AVX512F_Usable"),
+    (AVX512DQ, "AVX512DQ_Usable"),
+];
+
 /// This machine's features, as `abi::cpu` bits.
 pub fn host() -> u64 {
     let mut f = 0;
@@ -102,6 +113,15 @@ pub fn plan(level: Level, arch: Arch) -> Result<Plan> {
         .map(|&(_, n)| n)
         .collect();
     let mut masked = masked;
+    // glibc 2.31 and older select implementations by "usable" bits of their own, computed
+    // before the tunable is applied; masking the CPUID bit leaves them set (glibc-2.31
+    // `sysdeps/x86/cpu-tunables.c`; the bits became CPU_FEATURE_USABLE in 2.32). Newer
+    // glibc ignores these names.
+    for (bit, name) in LEGACY_USABLE {
+        if host & bit != 0 && allowed & bit == 0 {
+            masked.push(name);
+        }
+    }
     if host & AVX2 != 0 && allowed & AVX2 == 0 {
         // glibc derives this preference from AVX2 before it applies the tunable, and
         // memmove/memcpy select their AVX versions by it (sysdeps/x86/cpu-features.c,

@@ -4,7 +4,7 @@
 //! ld.so derived from the known AT_RANDOM pattern the capture installed). Each found word
 //! is zeroed in the image, so nothing of the capture run stays in the output; the stub
 //! writes this run's value.
-use crate::capture::{StackInfo, RANDOM_PATTERN};
+use crate::capture::{StackInfo, GETRANDOM_PATTERN, RANDOM_PATTERN};
 use crate::error::{other, Result};
 use crate::image::{Fixup, Image, PROT_EXEC};
 use elfpack_stub::abi::fixup_kind as k;
@@ -149,6 +149,9 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
     let w = image.arch.word();
     let canary = word_of(&RANDOM_PATTERN, w) & !0xff;
     let guard = word_of(&RANDOM_PATTERN[w..], w);
+    // What getrandom(2) returned at capture (see GETRANDOM_PATTERN): a secret such as
+    // malloc's tcache_key (glibc 2.42+).
+    let key = word_of(&GETRANDOM_PATTERN, w);
     // Captured at the program entry, initializers have already stored pointers mangled
     // with the capture's pointer guard (atexit handlers): it must stay as it is.
     let keep_guard = image.resume_kind == elfpack_stub::abi::RESUME_ENTRY;
@@ -205,6 +208,14 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
                 found.push(Fixup {
                     addr,
                     kind: k::POINTER_GUARD,
+                    arg: 0,
+                    offset: 0,
+                    string: None,
+                });
+            } else if v == key {
+                found.push(Fixup {
+                    addr,
+                    kind: k::RANDOM_KEY,
                     arg: 0,
                     offset: 0,
                     string: None,

@@ -18,8 +18,8 @@ const RSEQ_CPU_ID_UNINITIALIZED: u32 = u32::MAX;
 /// Resets what the kernel wrote for the capture's own thread.
 pub fn reset_thread_state(image: &mut Image) {
     let regs = image.regs;
-    if regs.tid_address != 0 {
-        image.write_bytes(regs.tid_address, &0u32.to_le_bytes());
+    if regs.tid_cache != 0 {
+        image.write_bytes(regs.tid_cache, &0u32.to_le_bytes());
     }
     if regs.rseq_area != 0 {
         let a = regs.rseq_area;
@@ -212,6 +212,7 @@ mod tests {
     fn resets_tid_and_rseq_cpu() {
         let mut a = image(vec![0xaa; 64]);
         a.regs.tid_address = 0x1000;
+        a.regs.tid_cache = 0x1000;
         a.regs.rseq_area = 0x1010;
         a.regs.rseq_len = 32;
         reset_thread_state(&mut a);

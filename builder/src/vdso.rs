@@ -55,8 +55,9 @@ pub fn patch(image: &mut Image, slots: &[(u64, u64)]) -> Result<()> {
             // jmp *disp32(%rip)
             Arch::X86_64 => {
                 let disp = slot as i64 - (entry as i64 + 6);
-                let disp = i32::try_from(disp)
-                    .map_err(|_| other!("vDSO slot out of reach of the proxy"))?;
+                let disp = i32::try_from(disp).map_err(|_| {
+                    other!("vDSO slot {slot:#x} out of reach of the proxy entry {entry:#x}")
+                })?;
                 [&[0xff, 0x25][..], &disp.to_le_bytes()].concat()
             }
             // jmp *abs32

@@ -7,7 +7,7 @@
 /// First bytes of every descriptor.
 pub const MAGIC: [u8; 8] = *b"ELFPACK\0";
 /// Bumped whenever a layout below changes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// `e_machine` values, used as the descriptor's `arch`.
 pub const ARCH_X86_64: u32 = 62;
@@ -43,8 +43,13 @@ pub struct Tls {
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Registrations {
-    /// Argument of `set_tid_address`: glibc passes `&pd->tid`, and caches the result there.
+    /// Argument of `set_tid_address`: up to glibc 2.41 `&pd->tid`; since 2.42
+    /// `&pd->joinstate`, which the kernel clears when the thread exits (glibc commit
+    /// 5da15b15ad, `sysdeps/nptl/dl-tls_init_tp.c`).
     pub tid_address: u64,
+    /// Where glibc caches the thread ID that set_tid_address returns (`pd->tid`); zero
+    /// when the capture did not find it.
+    pub tid_cache: u64,
     pub robust_list_head: u64,
     pub robust_list_len: u64,
     pub rseq_area: u64,
@@ -178,6 +183,11 @@ pub mod fixup_kind {
     pub const SECURE_FLAG: u32 = 10;
     /// A 32-bit `int`, not a word: this run's argc (ld.so's `_dl_argc`).
     pub const ARGC_INT: u32 = 11;
+    /// A secret drawn with getrandom(2) before the snapshot (glibc 2.42+: malloc's
+    /// `tcache_key`, `malloc/malloc.c` `tcache_key_initialize`): a fresh random word that,
+    /// like glibc's, is far from 0 and from all-ones, with between a quarter and three
+    /// quarters of its bits set.
+    pub const RANDOM_KEY: u32 = 14;
 }
 
 /// One word of the image to rewrite at restore.
@@ -332,10 +342,10 @@ pub fn bytes_of<T: Plain>(v: &T) -> &[u8] {
 }
 
 const _: () = assert!(core::mem::size_of::<Tls>() == 8 + 4 * 4);
-const _: () = assert!(core::mem::size_of::<Registrations>() == 4 * 8 + 2 * 4);
+const _: () = assert!(core::mem::size_of::<Registrations>() == 5 * 8 + 2 * 4);
 const _: () = assert!(core::mem::size_of::<MmLayout>() == 6 * 8);
 const _: () = assert!(
-    DESCRIPTOR_SIZE == 8 + 4 + 4 + 6 * 8 + 24 + 40 + 48 + 8 + 8 + 4 * 16 + 8 + 2 * 8 + 8 + 2 * 4
+    DESCRIPTOR_SIZE == 8 + 4 + 4 + 6 * 8 + 24 + 48 + 48 + 8 + 8 + 4 * 16 + 8 + 2 * 8 + 8 + 2 * 4
 );
 
 #[cfg(test)]

@@ -55,6 +55,38 @@ fn basename(s: *const u8) -> usize {
     s as usize + bytes.iter().rposition(|&c| c == b'/').map_or(0, |i| i + 1)
 }
 
+/// A fresh secret word with the properties glibc requires of `tcache_key` (glibc
+/// `malloc/malloc.c` `tcache_key_initialize`: zero would make `tcache_double_free_verify`
+/// loop forever through `__libc_free`).
+fn random_key(st: &InitialStack, addr: u64) -> usize {
+    let mut buf = [0u8; WORD];
+    let mut x = if crate::sys::getrandom(&mut buf) == WORD as isize {
+        usize::from_ne_bytes(buf) as u64
+    } else {
+        // No getrandom (kernels before 3.17): a hash of this run's AT_RANDOM, which stays
+        // unpredictable, mixed with the word's address.
+        (random_word(st, 0) as u64) ^ (random_word(st, 1) as u64).rotate_left(29) ^ addr
+    };
+    let bits = usize::BITS;
+    loop {
+        let v = x as usize;
+        let ones = v.count_ones();
+        if v > 0x100_0000
+            && v < usize::MAX - 0x100_0000
+            && ones >= bits / 4
+            && ones <= bits - bits / 4
+        {
+            return v;
+        }
+        // splitmix64's step: a bijection, so this finds a fitting word quickly.
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x = z ^ (z >> 31);
+    }
+}
+
 fn value(d: &'static Descriptor, st: &InitialStack, f: &Fixup) -> usize {
     let off = f.offset as usize;
     match f.kind {
@@ -86,6 +118,7 @@ fn value(d: &'static Descriptor, st: &InitialStack, f: &Fixup) -> usize {
         k::CANARY => random_word(st, 0) & !0xff,
         // `_dl_setup_pointer_guard`: the second word of AT_RANDOM.
         k::POINTER_GUARD => random_word(st, 1),
+        k::RANDOM_KEY => random_key(st, f.addr),
         _ => crate::fail::fail_with(
             "packed file is corrupt (unknown fixup)",
             &[

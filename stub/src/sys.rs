@@ -39,3 +39,15 @@ pub unsafe fn prctl(option: u32, a2: usize, a3: usize, a4: usize, a5: usize) -> 
     // SAFETY: forwarded to the caller.
     unsafe { syscall6(g::__NR_prctl, [option as usize, a2, a3, a4, a5, 0]) }
 }
+
+/// getrandom(2) into `buf` with GRND_NONBLOCK.
+pub fn getrandom(buf: &mut [u8]) -> isize {
+    const GRND_NONBLOCK: usize = 1;
+    // SAFETY: getrandom(2) writes at most `buf.len()` bytes into a live, mutable slice.
+    unsafe {
+        syscall6(
+            g::__NR_getrandom,
+            [buf.as_mut_ptr() as usize, buf.len(), GRND_NONBLOCK, 0, 0, 0],
+        )
+    }
+}

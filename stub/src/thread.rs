@@ -23,14 +23,17 @@ pub fn register(d: &Descriptor) {
     }
     let r = &d.regs;
     if r.tid_address != 0 {
-        // SAFETY: glibc passes `&pd->tid` to set_tid_address and stores the returned
-        // thread ID there (`__tls_init_tp`); the word is in a writable page of the TCB.
+        // SAFETY: glibc stores the thread ID that set_tid_address returns in `pd->tid`
+        // (`__tls_init_tp`), found by the builder; the word is in a writable page of the
+        // TCB.
         unsafe {
             let tid = syscall6(
                 g::__NR_set_tid_address,
                 [r.tid_address as usize, 0, 0, 0, 0, 0],
             );
-            (r.tid_address as usize as *mut i32).write(tid as i32);
+            if r.tid_cache != 0 {
+                (r.tid_cache as usize as *mut i32).write(tid as i32);
+            }
         }
     }
     if r.robust_list_head != 0 {

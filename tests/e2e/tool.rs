@@ -31,7 +31,7 @@ fn inspect_json_describes_the_packed_fixture() {
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["schema"], "elfpack-inspect/1");
-    assert_eq!(v["format_version"], 3);
+    assert_eq!(v["format_version"], 4);
     assert_eq!(v["arch"], "x86-64");
     assert_eq!(v["cpu_level"], "x86-64 baseline");
     assert_eq!(

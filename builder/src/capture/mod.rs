@@ -33,7 +33,19 @@ pub const RANDOM_PATTERN: [u8; 16] = [
     0x9e, 0x37, 0x79, 0xb9, 0x7f, 0x4a, 0x7c, 0x15, 0xf3, 0x9c, 0xc0, 0x60, 0x5c, 0xed, 0xc8, 0x34,
 ];
 
+/// What every getrandom(2) made before the snapshot returns at capture, repeated: glibc
+/// 2.42+ draws malloc's `tcache_key` then (`malloc/arena.c` `__ptmalloc_init`,
+/// `malloc/malloc.c` `tcache_key_initialize`, through the system call, not the vDSO). A
+/// fixed value keeps two captures equal (else normalisation would zero the key, and
+/// glibc's double-free check loops forever on a zero key), and lets the builder find the
+/// words for the stub to draw afresh. It meets glibc's own conditions on the key as a
+/// 64-bit and as a 32-bit word (far from 0 and all-ones, 35 and 18 bits set), so glibc
+/// keeps it instead of falling back to its clock-based `random_bits`.
+pub const GETRANDOM_PATTERN: [u8; 8] = [0x5b, 0xd1, 0xe9, 0x95, 0x3c, 0x6f, 0xa2, 0x47];
+
 const GIB: u64 = 1 << 30;
+const PAGE: u64 = 4096;
+const GETPID_X86_64: u64 = 39;
 
 /// Per-architecture facts of the layout steering.
 struct Steer {
@@ -125,6 +137,8 @@ pub struct Captured {
 #[derive(Default)]
 struct Recorded {
     regs: abi::Registrations,
+    /// The thread ID set_tid_address returned.
+    tid: Option<u64>,
     brk: Option<u64>,
     thread_area: Option<abi::Tls>,
 }
@@ -132,6 +146,7 @@ struct Recorded {
 /// System-call numbers the capture looks at, per architecture of the tracee.
 struct Nrs {
     brk: u64,
+    getrandom: u64,
     set_tid_address: u64,
     set_robust_list: u64,
     rseq: u64,
@@ -140,6 +155,7 @@ struct Nrs {
 
 const X86_64_NRS: Nrs = Nrs {
     brk: 12,
+    getrandom: 318,
     set_tid_address: 218,
     set_robust_list: 273,
     rseq: 334,
@@ -147,6 +163,7 @@ const X86_64_NRS: Nrs = Nrs {
 };
 const I386_NRS: Nrs = Nrs {
     brk: 45,
+    getrandom: 355,
     set_tid_address: 258,
     set_robust_list: 311,
     rseq: 386,
@@ -475,9 +492,14 @@ fn run(
     let mut at_phdr = at_phdr;
     let mut at_entry = at_entry;
     let mut maps = maps;
-    // Moving the program leaves the kernel's break where it was; that is harmless while
-    // the heap stays unused until the snapshot, which holds at `_dl_start_user` but not
-    // after the initializers have run (--stop-at-entry).
+    // Moving the program leaves the kernel's break where it was (no system call moves
+    // `start_brk` without privileges or CONFIG_CHECKPOINT_RESTORE). ld.so itself may grow
+    // the break before the snapshot: up to glibc 2.34, `tunables_strdup` copies
+    // GLIBC_TUNABLES (which `--cpu` sets) with `__sbrk` (glibc `elf/dl-tunables.c`). A heap
+    // at the kernel's break would put one page of the image tens of TiB away from the rest.
+    // So while the program is moved, ld.so's `brk` calls are answered by the capture with a
+    // break that starts right after the moved program, backed by anonymous mappings there.
+    let mut fake_brk: Option<u64> = None;
     if prog.arch == Arch::X86_64 && prog.pie && !opts_at_entry {
         // The program's file mappings and the anonymous bss right after them.
         let mut exe: Vec<Mapping> = Vec::new();
@@ -507,6 +529,7 @@ fn run(
             set_aux(mem, &mut stack, word, AT_PHDR, at_phdr)?;
             set_aux(mem, &mut stack, word, AT_ENTRY, at_entry)?;
             maps = procfs::maps(pid)?;
+            fake_brk = Some(align_up(exe.last().unwrap().end.wrapping_add(delta), PAGE));
         }
     }
     let steer = if prog.arch == Arch::X86_64 {
@@ -600,6 +623,8 @@ fn run(
     let mut rec = Recorded::default();
     let mut in_syscall = false;
     let mut pending_hint: Option<(u64, u64)> = None;
+    // An answered `brk`: the requested break, and whether it was turned into an mmap.
+    let mut pending_brk: Option<(u64, bool)> = None;
     let mut entry_regs = regs;
     let mut sig = None;
     let mut entry_stop: Option<(u64, u8)> = None;
@@ -613,7 +638,23 @@ fn run(
                 let r = t.regs()?;
                 if !in_syscall {
                     entry_regs = r;
-                    if let Some(l) = layout.as_ref() {
+                    if let Some(cur) = fake_brk.filter(|_| r.orig_rax == nrs.brk) {
+                        // brk(addr) above the current break becomes
+                        // mmap(cur, addr - cur, RW, PRIVATE|ANONYMOUS|FIXED_NOREPLACE);
+                        // anything else (brk(0), a shrink) becomes getpid and returns `cur`.
+                        let req = r.rdi;
+                        let mut r2 = r;
+                        if req > cur {
+                            const MAP_PRIVATE_ANON_NOREPLACE: u64 = 0x02 | 0x20 | 0x10_0000;
+                            r2.orig_rax = steer.mmap;
+                            (r2.rdi, r2.rsi, r2.rdx, r2.r10, r2.r8, r2.r9) =
+                                (cur, align_up(req, PAGE) - cur, 3, MAP_PRIVATE_ANON_NOREPLACE, u64::MAX, 0);
+                        } else {
+                            r2.orig_rax = GETPID_X86_64;
+                        }
+                        t.set_regs(r2)?;
+                        pending_brk = Some((req, req > cur));
+                    } else if let Some(l) = layout.as_ref() {
                         const MAP_FIXED: u64 = 0x10;
                         const MAP_FIXED_NOREPLACE: u64 = 0x10_0000;
                         // mmap(addr, len, prot, flags, ...): rdi, rsi, rdx, r10 on x86-64;
@@ -631,6 +672,17 @@ fn run(
                             pending_hint = Some((l.cursor, len));
                         }
                     }
+                } else if let (Some((req, grew)), Some(cur)) = (pending_brk.take(), fake_brk) {
+                    // What the kernel's brk would return: the new break, or the old one
+                    // when it cannot grow.
+                    let mut r2 = r;
+                    r2.rax = if grew && r.rax == cur {
+                        fake_brk = Some(align_up(req, PAGE));
+                        req
+                    } else {
+                        cur
+                    };
+                    t.set_regs(r2)?;
                 } else {
                     record(&mut rec, nrs, prog.arch, &entry_regs, &r, mem)?;
                     if let (Some((hint, len)), Some(l)) = (pending_hint.take(), layout.as_mut()) {
@@ -813,6 +865,16 @@ fn run(
             tls
         }
     };
+    if let Some(tid) = rec.tid {
+        rec.regs.tid_cache = find_tid_cache(mem, tls.base, rec.regs.tid_address, tid)?;
+        if rec.regs.tid_cache == 0 {
+            warnings.push(format!(
+                "no copy of the thread ID {tid} near the thread pointer {:#x}: the packed \
+                 program's glibc will not know its own thread ID",
+                tls.base
+            ));
+        }
+    }
     // The program break. While nothing has used the heap (the normal case: ld.so allocates
     // with mmap, and libc's `__curbrk` is still NULL, glibc `misc/sbrk.c`), the packed
     // program keeps the break the kernel gives each run, randomised as usual: zero here
@@ -899,6 +961,33 @@ fn run(
     })
 }
 
+/// Where glibc caches the thread ID that set_tid_address returned (`pd->tid`,
+/// `__tls_init_tp`). Up to glibc 2.41 it is the set_tid_address argument itself; since 2.42
+/// that argument is `&pd->joinstate` (which holds THREAD_STATE_JOINABLE, not the ID), and
+/// `pd->tid` is another word of `struct pthread`, which starts at the thread pointer on
+/// x86-64 and i386: the one 32-bit word there that holds the ID.
+fn find_tid_cache(mem: &Memory, tp: u64, tid_address: u64, tid: u64) -> Result<u64> {
+    let read_u32 = |a: u64| -> Result<u64> {
+        let b = mem.read(a, 4)?;
+        Ok(u64::from(u32::from_le_bytes(b[..4].try_into().unwrap())))
+    };
+    if tid_address != 0 && read_u32(tid_address)? == tid {
+        return Ok(tid_address);
+    }
+    // glibc's struct pthread is about 2 KiB (0x9c0 bytes in 2.43 on x86-64).
+    const PTHREAD_SPAN: usize = 0x1000;
+    let Ok(bytes) = mem.read(tp, PTHREAD_SPAN) else {
+        return Ok(0);
+    };
+    let hits: Vec<u64> = bytes
+        .chunks_exact(4)
+        .enumerate()
+        .filter(|(_, c)| u64::from(u32::from_le_bytes((*c).try_into().unwrap())) == tid)
+        .map(|(i, _)| tp + 4 * i as u64)
+        .collect();
+    Ok(if hits.len() == 1 { hits[0] } else { 0 })
+}
+
 fn mask(word: usize) -> u64 {
     if word == 4 {
         0xffff_ffff
@@ -960,8 +1049,14 @@ fn record(
     if nr == nrs.brk {
         rec.brk = Some(exit.rax & mask(arch.word()));
     } else if !ok {
+    } else if nr == nrs.getrandom {
+        // No per-capture randomness in the image: see GETRANDOM_PATTERN.
+        let n = (exit.rax & mask(arch.word())) as usize;
+        let fill: Vec<u8> = GETRANDOM_PATTERN.iter().copied().cycle().take(n).collect();
+        mem.write(a[0], &fill)?;
     } else if nr == nrs.set_tid_address {
         rec.regs.tid_address = a[0];
+        rec.tid = Some(exit.rax & mask(arch.word()));
     } else if nr == nrs.set_robust_list {
         rec.regs.robust_list_head = a[0];
         rec.regs.robust_list_len = a[1];
