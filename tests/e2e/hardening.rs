@@ -845,15 +845,30 @@ fn include_runs_no_ldconfig_from_path() {
 // ---------------------------------------------------------------------------------------
 // 14. The stub's failure messages carry their values.
 
+/// The descriptor format of the packed files, as `inspect --json` reports it.
+fn elfpack_stub_format() -> u32 {
+    let d = scratch();
+    let p = packed_fixture(d.path());
+    let o = run_for(
+        Command::new(elfpack()).arg("inspect").arg("--json").arg(&p),
+        30,
+    );
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("inspect --json");
+    v["format_version"].as_u64().expect("format_version") as u32
+}
+
 #[test]
 fn stub_failures_name_their_values() {
     let d = scratch();
     let p = packed_fixture(d.path());
     let mut bytes = std::fs::read(&p).unwrap();
-    // The descriptor: its magic, then the format version 2.
+    // The descriptor: its magic, then the format version.
+    let version = elfpack_stub_format();
+    let mut magic = b"ELFPACK\0".to_vec();
+    magic.extend_from_slice(&version.to_le_bytes());
     let at = bytes
         .windows(12)
-        .position(|w| w == b"ELFPACK\0\x02\0\0\0")
+        .position(|w| w == magic.as_slice())
         .expect("no descriptor");
     bytes[at + 8] = 99;
     let bad = d.path().join("bad");
@@ -863,7 +878,9 @@ fn stub_failures_name_their_values() {
     assert_eq!(o.code(), Some(127), "{o}");
     assert_eq!(
         o.stderr,
-        "elfpack: packed file is corrupt (bad descriptor): format 99, this stub reads format 2\n"
+        format!(
+            "elfpack: packed file is corrupt (bad descriptor): format 99, this stub reads format {version}\n"
+        )
     );
 }
 
