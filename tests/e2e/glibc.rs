@@ -398,7 +398,7 @@ fn debian_11_x86_64_two_packs_are_identical() {
 /// which is the same in two captures made milliseconds apart but not in packs made seconds
 /// apart. x86-64 compares 8-byte words and zeroes the whole value.
 #[test]
-#[ignore = "known bug: the high half of ld.so's 64-bit start_time survives normalisation on i386 (glibc 2.31)"]
+#[ignore = "known bug: the high half of a 64-bit TSC reading in glibc 2.31 i386 ld.so data survives normalisation"]
 fn debian_11_i386_two_packs_are_identical() {
     two_packs("bullseye-i386");
 }
