@@ -359,6 +359,11 @@ impl Placed {
         self.mode
     }
 
+    /// The directory that holds the placed file (the root of a [`Mode::Chroot`] run).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// argv[0] as the packed program sees it.
     pub fn argv0(&self) -> &'static str {
         match self.mode {
