@@ -236,12 +236,46 @@ impl Drop for DeferSignals {
     }
 }
 
-fn capture_env(
-    a: &BuildArgs,
-    hwcaps: Option<&str>,
-    arch: program::Arch,
-) -> Result<Vec<(OsString, OsString)>> {
+/// glibc's environment aliases of its tunables (glibc 2.36 `elf/dl-tunables.list`,
+/// `env_alias`). ld.so and malloc read them once, at start-up: a value present at capture
+/// would hold in every run of the packed program.
+pub const TUNABLE_ALIASES: &[&str] = &[
+    "LD_HWCAP_MASK",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_ARENA_TEST",
+    "MALLOC_CHECK_",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_PERTURB_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_TRIM_THRESHOLD_",
+];
+
+/// Whether `k` sets a glibc tunable: GLIBC_TUNABLES or one of its aliases.
+fn is_tunable(k: &std::ffi::OsStr) -> bool {
+    k == "GLIBC_TUNABLES" || TUNABLE_ALIASES.iter().any(|a| k == *a)
+}
+
+/// The capture environment, and the names of the tunable variables of elfpack's own
+/// environment it leaves out (only `--env` sets those).
+struct CaptureEnv {
+    env: Vec<(OsString, OsString)>,
+    dropped: Vec<String>,
+}
+
+fn capture_env(a: &BuildArgs, hwcaps: Option<&str>, arch: program::Arch) -> Result<CaptureEnv> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let mut dropped: Vec<String> = Vec::new();
+    env.retain(|(k, _)| {
+        if is_tunable(k) {
+            let k = k.to_string_lossy().into_owned();
+            if !dropped.contains(&k) {
+                dropped.push(k);
+            }
+            return false;
+        }
+        true
+    });
     let mut set = |k: &str, v: &str| {
         env.retain(|(ek, _)| ek != k);
         env.push((k.into(), v.into()));
@@ -286,7 +320,16 @@ fn capture_env(
         env.retain(|(k, _)| k != "GLIBC_TUNABLES");
         env.push(("GLIBC_TUNABLES".into(), value.into()));
     }
-    Ok(env)
+    dropped.retain(|d| !env.iter().any(|(k, _)| k == d.as_str()));
+    Ok(CaptureEnv { env, dropped })
+}
+
+/// The tunable settings of a capture environment, `KEY=VALUE`, as the image keeps them.
+fn baked_tunables(env: &[(OsString, OsString)]) -> Vec<String> {
+    env.iter()
+        .filter(|(k, _)| is_tunable(k))
+        .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+        .collect()
 }
 
 /// Refuses an OUTPUT that is the program itself or cannot be written, before capturing.
@@ -357,9 +400,17 @@ fn build(a: &BuildArgs) -> Result<()> {
     let plan = cpu::plan(a.cpu, prog.arch)?;
     let mut argv = vec![a.program.clone()];
     argv.extend(a.args.iter().cloned());
+    let CaptureEnv { env, dropped } = capture_env(a, plan.hwcaps.as_deref(), prog.arch)?;
+    if !dropped.is_empty() && !a.quiet {
+        eprintln!(
+            "elfpack: note: captured without {} from this environment (read once at start-up, they would hold in every run; set them with --env)",
+            dropped.join(", ")
+        );
+    }
+    let tunables = baked_tunables(&env);
     let opts = capture::Options {
         args: argv,
-        env: capture_env(a, plan.hwcaps.as_deref(), prog.arch)?,
+        env,
         timeout: a.timeout,
         at_entry: a.stop_at_entry,
         skip_code: false,
@@ -438,7 +489,8 @@ fn build(a: &BuildArgs) -> Result<()> {
     let deferred = DeferSignals::new();
     let tmp = output::Pending::create(&dir)?;
     let mut stats = writer::write(tmp.file(), &mut image, &symbols, |image, st, usage| {
-        let m = meta::build(image, &prog, usage, st.stub_size, st.segments as u64, nsyms);
+        let mut m = meta::build(image, &prog, usage, st.stub_size, st.segments as u64, nsyms);
+        m.tunables = tunables.clone();
         serde_json::to_vec(&m).expect("serialisable")
     })
     .map_err(|e| writer_error(e, &a.output))?;

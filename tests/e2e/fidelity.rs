@@ -127,3 +127,105 @@ fn large_bss_stays_zero() {
         }
     }
 }
+
+/// A string as an OsStr, for argument lists that mix strings and paths.
+fn o(s: &str) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+/// Runs `elfpack ARGS` with `env` added to the test's environment.
+fn elfpack_with(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Run {
+    let mut cmd = std::process::Command::new(elfpack());
+    cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+    run_cmd(cmd, b"")
+}
+
+/// The `inspect --json` document of a packed file.
+fn inspect_json(packed: &std::path::Path) -> serde_json::Value {
+    let r = elfpack_with(
+        &["inspect".as_ref(), "--json".as_ref(), packed.as_ref()],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+/// A MALLOC_PERTURB_ in the packing shell is not baked into the packed program (which then
+/// behaves like the original run without it; a note says it was left out), unless `--env`
+/// asks for it, and `inspect` shows the tunables the image holds.
+#[test]
+fn malloc_tunables_of_the_packing_shell_are_not_baked_in() {
+    let perturb: &std::ffi::OsStr = "165".as_ref();
+    for arch in [Arch::X86_64, Arch::I386] {
+        let orig = fixture(&format!("fixture-{}-pie", arch.name()));
+        let d = scratch();
+        let (plain, asked) = (d.path().join("plain"), d.path().join("asked"));
+        let r = elfpack_with(
+            &[o("build"), orig.as_ref(), o("-o"), plain.as_ref()],
+            &[("MALLOC_PERTURB_", perturb)],
+        );
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        let notes: Vec<&str> = r.stderr.lines().filter(|l| l.contains("note")).collect();
+        assert!(
+            notes.len() == 1 && notes[0].contains("MALLOC_PERTURB_"),
+            "a note names what was left out: {}",
+            r.stderr
+        );
+        let quiet = elfpack_with(
+            &[o("build"), o("-q"), orig.as_ref(), o("-o"), plain.as_ref()],
+            &[("MALLOC_PERTURB_", perturb)],
+        );
+        assert_eq!((quiet.code, quiet.stderr.as_str()), (Some(0), ""));
+        let r = elfpack_with(
+            &[
+                o("build"),
+                o("-q"),
+                orig.as_ref(),
+                o("-o"),
+                asked.as_ref(),
+                o("--env"),
+                o("MALLOC_PERTURB_=165"),
+            ],
+            &[],
+        );
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+
+        let without = run_original(&orig, "prog", &["perturb"], b"", None);
+        let mut cmd = std::process::Command::new(&orig);
+        cmd.arg("perturb")
+            .env_clear()
+            .envs(test_env())
+            .env("MALLOC_PERTURB_", perturb);
+        let with = run_cmd(cmd, b"");
+        assert_ne!(
+            without.stdout, with.stdout,
+            "the fixture shows MALLOC_PERTURB_"
+        );
+        for (file, want, what) in [(&plain, &without, "plain"), (&asked, &with, "--env")] {
+            let p = Placed::new(file, Mode::Native, arch).run(&["perturb"], b"", None);
+            assert_same(&format!("{} {what}", arch.name()), &p, want);
+        }
+
+        let tunables = |f: &std::path::Path| -> Vec<String> {
+            inspect_json(f)["tunables"]
+                .as_array()
+                .expect("inspect --json has tunables")
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        let t = tunables(&plain);
+        assert!(!t.iter().any(|t| t.starts_with("MALLOC_")), "{t:?}");
+        assert!(t.iter().any(|t| t.starts_with("GLIBC_TUNABLES=")), "{t:?}");
+        let t = tunables(&asked);
+        assert!(t.contains(&"MALLOC_PERTURB_=165".to_string()), "{t:?}");
+        let text = elfpack_with(&[o("inspect"), asked.as_ref()], &[]);
+        assert!(
+            text.stdout
+                .lines()
+                .any(|l| l.starts_with("tunables: ") && l.contains("MALLOC_PERTURB_=165")),
+            "{}",
+            text.stdout
+        );
+    }
+}
