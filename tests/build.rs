@@ -184,6 +184,26 @@ fn main() {
             &[&format!("-L{}", libdir.display()), "-lneeded"],
             &out.join(format!("needlib-{arch}")),
         );
+        // The same library without DT_SONAME, and a program that dlopen()s a name given
+        // at run time.
+        let nosoname = out.join(format!("lib-{arch}-nosoname"));
+        std::fs::create_dir_all(&nosoname).unwrap();
+        compile(
+            false,
+            m32,
+            &["-shared", "-fPIC"],
+            &[&libsrc],
+            &[],
+            &nosoname.join("libneeded.so"),
+        );
+        compile(
+            false,
+            m32,
+            &["-pie", "-fPIE"],
+            &[&dir.join("dlopen_arg.c")],
+            &["-ldl"],
+            &out.join(format!("dlopen-arg-{arch}")),
+        );
         compile(
             false,
             m32,

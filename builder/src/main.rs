@@ -26,6 +26,7 @@ mod writer;
 use clap::{Parser, Subcommand};
 use error::{other, unpackable, Error, Result};
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -256,16 +257,19 @@ fn is_tunable(k: &std::ffi::OsStr) -> bool {
     k == "GLIBC_TUNABLES" || TUNABLE_ALIASES.iter().any(|a| k == *a)
 }
 
-/// The capture environment, and the names of the tunable variables of elfpack's own
-/// environment it leaves out (only `--env` sets those).
+/// The capture environment, the names of the tunable variables of elfpack's own
+/// environment it leaves out (only `--env` sets those), and each `--include` with the file
+/// it names.
 struct CaptureEnv {
     env: Vec<(OsString, OsString)>,
     dropped: Vec<String>,
+    includes: Vec<(OsString, PathBuf)>,
 }
 
 fn capture_env(a: &BuildArgs, hwcaps: Option<&str>, arch: program::Arch) -> Result<CaptureEnv> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let mut dropped: Vec<String> = Vec::new();
+    let mut includes: Vec<(OsString, PathBuf)> = Vec::new();
     env.retain(|(k, _)| {
         if is_tunable(k) {
             let k = k.to_string_lossy().into_owned();
@@ -295,7 +299,21 @@ fn capture_env(a: &BuildArgs, hwcaps: Option<&str>, arch: program::Arch) -> Resu
             .map(|(_, v)| v.clone());
         let mut libs: Vec<OsString> = Vec::new();
         for l in &a.include {
-            libs.push(program::find_library(l, arch, lib_path.as_deref())?.into_os_string());
+            let found = program::find_library(l, arch, lib_path.as_deref())?;
+            // ld.so knows a library by its DT_SONAME, whatever path loaded it, and
+            // otherwise only by the name it was loaded as: a library without one, named
+            // without a slash, is preloaded by that name (ld.so finds it as find_library
+            // did), so that a later dlopen of the name finds it in the image.
+            let by_name = !l.as_bytes().contains(&b'/')
+                && !l.as_bytes().contains(&b':')
+                && !l.as_bytes().contains(&b' ')
+                && !program::has_soname(&found);
+            libs.push(if by_name {
+                l.clone()
+            } else {
+                found.clone().into_os_string()
+            });
+            includes.push((l.clone(), found));
         }
         let existing = env
             .iter()
@@ -321,7 +339,11 @@ fn capture_env(a: &BuildArgs, hwcaps: Option<&str>, arch: program::Arch) -> Resu
         env.push(("GLIBC_TUNABLES".into(), value.into()));
     }
     dropped.retain(|d| !env.iter().any(|(k, _)| k == d.as_str()));
-    Ok(CaptureEnv { env, dropped })
+    Ok(CaptureEnv {
+        env,
+        dropped,
+        includes,
+    })
 }
 
 /// The tunable settings of a capture environment, `KEY=VALUE`, as the image keeps them.
@@ -330,6 +352,23 @@ fn baked_tunables(env: &[(OsString, OsString)]) -> Vec<String> {
         .filter(|(k, _)| is_tunable(k))
         .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
         .collect()
+}
+
+/// After capture: every `--include` is among the loaded objects (ld.so ignores a preload
+/// it cannot use, with a message, and goes on).
+fn check_loaded(image: &image::Image, includes: &[(OsString, PathBuf)]) -> Result<()> {
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    for (name, path) in includes {
+        let want = id(path);
+        if want.is_none() || !image.objects.iter().any(|o| id(&o.path) == want) {
+            return Err(Error::Capture(format!(
+                "--include {}: ld.so did not load {}",
+                Path::new(name).display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an OUTPUT that is the program itself or cannot be written, before capturing.
@@ -400,7 +439,11 @@ fn build(a: &BuildArgs) -> Result<()> {
     let plan = cpu::plan(a.cpu, prog.arch)?;
     let mut argv = vec![a.program.clone()];
     argv.extend(a.args.iter().cloned());
-    let CaptureEnv { env, dropped } = capture_env(a, plan.hwcaps.as_deref(), prog.arch)?;
+    let CaptureEnv {
+        env,
+        dropped,
+        includes,
+    } = capture_env(a, plan.hwcaps.as_deref(), prog.arch)?;
     if !dropped.is_empty() && !a.quiet {
         eprintln!(
             "elfpack: note: captured without {} from this environment (read once at start-up, they would hold in every run; set them with --env)",
@@ -460,6 +503,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     });
     let (mut image, fixup_notes, warnings, stack) = first?;
     let (image2, stack2) = second?;
+    check_loaded(&image, &includes)?;
     let capture_time = t_capture.elapsed();
     let aux_values = fixups::aux_values(&image, &image2, &stack, &stack2);
     let varying = normalize::zero_differences(&mut image, &image2, argc_probe)?;

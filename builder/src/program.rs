@@ -257,6 +257,14 @@ pub fn ld_so_cache(cache: &Path, soname: &OsStr, arch: Arch) -> Vec<PathBuf> {
     out
 }
 
+/// Whether the library at `path` has a DT_SONAME (an unreadable file counts as having one).
+pub fn has_soname(path: &Path) -> bool {
+    crate::files::map(path)
+        .ok()
+        .and_then(|b| Elf::parse(&b).ok().map(|e| e.soname.is_some()))
+        .unwrap_or(true)
+}
+
 /// Finds a library as ld.so would for `--include`: a name with a slash is a path; a soname
 /// is looked up in LD_LIBRARY_PATH, then in ld.so's cache (read directly), then in the
 /// default directories. The library must match the program's architecture.
@@ -266,9 +274,10 @@ pub fn find_library(name: &OsStr, arch: Arch, ld_library_path: Option<&OsStr>) -
         crate::files::map(p)
             .ok()
             .and_then(|b| {
-                Elf::parse(&b)
-                    .ok()
-                    .map(|e| e.header.e_machine == arch.e_machine())
+                // Class and machine: an x32 library is EM_X86_64 too, but 32-bit.
+                Elf::parse(&b).ok().map(|e| {
+                    e.header.e_machine == arch.e_machine() && e.is_64 == (arch == Arch::X86_64)
+                })
             })
             .unwrap_or(false)
     };

@@ -229,3 +229,115 @@ fn malloc_tunables_of_the_packing_shell_are_not_baked_in() {
         );
     }
 }
+
+/// `--include libm.so.6` gets the library of the program's class and machine, even where
+/// another class's comes first in the search (the x32 libm of a multilib system); ld.so
+/// loads it, `inspect` lists it, and a later dlopen of the name works in an empty root.
+#[test]
+fn include_picks_the_programs_class_and_machine() {
+    for (arch, class, machine) in [(Arch::X86_64, 2u8, 62u16), (Arch::I386, 1, 3)] {
+        let orig = fixture(&format!("dlopen-arg-{}", arch.name()));
+        let d = scratch();
+        // /libx32 first: its libm is EM_X86_64 but 32-bit.
+        for (i, lib_path) in ["", "/libx32:/usr/libx32"].into_iter().enumerate() {
+            let out = d.path().join(format!("packed{i}"));
+            let mut env: Vec<(&str, &std::ffi::OsStr)> = Vec::new();
+            if !lib_path.is_empty() {
+                env.push(("LD_LIBRARY_PATH", o(lib_path)));
+            }
+            let r = elfpack_with(
+                &[
+                    o("build"),
+                    o("-q"),
+                    orig.as_ref(),
+                    o("-o"),
+                    out.as_ref(),
+                    o("--include"),
+                    o("libm.so.6"),
+                ],
+                &env,
+            );
+            let what = format!("{} LD_LIBRARY_PATH={lib_path}", arch.name());
+            assert_eq!(r.code, Some(0), "{what}: {}", r.stderr);
+            let doc = inspect_json(&out);
+            let libm = doc["libraries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["soname"] == "libm.so.6")
+                .unwrap_or_else(|| panic!("{what}: no libm in the image: {doc}"));
+            let bytes = std::fs::read(libm["path"].as_str().unwrap()).unwrap();
+            assert_eq!(
+                (bytes[4], u16::from_le_bytes([bytes[18], bytes[19]])),
+                (class, machine),
+                "{what}: {}",
+                libm["path"]
+            );
+            let args = ["libm.so.6"];
+            let p = Placed::new(&out, Mode::Chroot, arch).run(&args, b"", None);
+            let orig_run = run_original(&orig, "prog", &args, b"", None);
+            assert_same(&what, &p, &orig_run);
+            assert_eq!(p.stdout, "dlopen libm.so.6 ok\n", "{what}");
+        }
+    }
+    // A file ld.so will not preload (an executable) is an error after the capture, not a
+    // packed file without it.
+    let orig = fixture("dlopen-arg-x86_64");
+    let exe = fixture("fixture-x86_64-nopie");
+    let d = scratch();
+    let out = d.path().join("packed");
+    let r = elfpack_with(
+        &[
+            o("build"),
+            orig.as_ref(),
+            o("-o"),
+            out.as_ref(),
+            o("--include"),
+            exe.as_ref(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(4), "{}", r.stderr);
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("elfpack: --include ") && last.contains("ld.so did not load"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+}
+
+/// A library without DT_SONAME included by name: a later `dlopen` of that name finds it in
+/// the image, in an empty root, as the original finds it on the host.
+#[test]
+fn include_of_a_library_without_soname_serves_dlopen_by_name() {
+    for arch in [Arch::X86_64, Arch::I386] {
+        let orig = fixture(&format!("dlopen-arg-{}", arch.name()));
+        let libdir = fixture(&format!("lib-{}-nosoname", arch.name()));
+        let d = scratch();
+        let out = d.path().join("packed");
+        let r = elfpack_with(
+            &[
+                o("build"),
+                o("-q"),
+                orig.as_ref(),
+                o("-o"),
+                out.as_ref(),
+                o("--include"),
+                o("libneeded.so"),
+            ],
+            &[("LD_LIBRARY_PATH", libdir.as_ref())],
+        );
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        let args = ["libneeded.so", "needed_value"];
+        let mut cmd = std::process::Command::new(&orig);
+        cmd.args(args)
+            .env_clear()
+            .envs(test_env())
+            .env("LD_LIBRARY_PATH", &libdir);
+        let original = run_cmd(cmd, b"");
+        assert_eq!(original.stdout, "needed_value=1234\n");
+        let p = Placed::new(&out, Mode::Chroot, arch).run(&args, b"", None);
+        assert_same(&format!("{} no DT_SONAME", arch.name()), &p, &original);
+    }
+}
