@@ -221,5 +221,24 @@ fn main() {
             &out.join(format!("static-{arch}")),
         );
     }
+    // An AddressSanitizer build, when gcc's libasan is installed (libasan8).
+    let asan = out.join("asan-x86_64");
+    let _ = std::fs::remove_file(&asan);
+    let probe = cc::Build::new()
+        .cargo_metadata(false)
+        .get_compiler()
+        .to_command()
+        .args(["-fsanitize=address", "-print-file-name=libasan.so"])
+        .output();
+    if probe.is_ok_and(|o| Path::new(String::from_utf8_lossy(&o.stdout).trim()).is_absolute()) {
+        compile(
+            false,
+            false,
+            &["-fsanitize=address", "-fPIE", "-pie"],
+            &[&dir.join("asan.c")],
+            &[],
+            &asan,
+        );
+    }
     println!("cargo:rustc-env=FIXTURES_DIR={}", out.display());
 }

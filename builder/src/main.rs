@@ -355,7 +355,8 @@ fn baked_tunables(env: &[(OsString, OsString)]) -> Vec<String> {
 }
 
 /// After capture: every `--include` is among the loaded objects (ld.so ignores a preload
-/// it cannot use, with a message, and goes on).
+/// it cannot use, with a message, and goes on), and no loaded object brings a sanitizer
+/// runtime.
 fn check_loaded(image: &image::Image, includes: &[(OsString, PathBuf)]) -> Result<()> {
     let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     for (name, path) in includes {
@@ -366,6 +367,20 @@ fn check_loaded(image: &image::Image, includes: &[(OsString, PathBuf)]) -> Resul
                 Path::new(name).display(),
                 path.display()
             )));
+        }
+    }
+    for o in &image.objects {
+        let Ok(bytes) = files::map(&o.path) else {
+            continue;
+        };
+        if let Some(name) = goblin::elf::Elf::parse(&bytes)
+            .ok()
+            .and_then(|e| program::sanitizer(&e))
+        {
+            return Err(program::sanitizer_error(
+                &o.path.display().to_string(),
+                name,
+            ));
         }
     }
     Ok(())

@@ -155,6 +155,9 @@ pub fn inspect(path: &Path) -> Result<Program> {
     // The capture runs the interpreter: it must be glibc's ld.so, checked before anything
     // runs.
     let secure_list_known = crate::interp::check(&shown.to_string(), &interp, arch)?;
+    if let Some(name) = sanitizer(&elf) {
+        return Err(sanitizer_error(&shown.to_string(), name));
+    }
     let stack_flags = elf
         .program_headers
         .iter()
@@ -175,6 +178,51 @@ pub fn inspect(path: &Path) -> Result<Program> {
         loads,
         secure_list_known,
     })
+}
+
+/// The sanitizer whose runtime an object links (DT_NEEDED) or contains (its start-up
+/// symbol, for `-static-libasan` and the like), by the name its runtime gives itself.
+pub fn sanitizer(elf: &Elf) -> Option<&'static str> {
+    const RUNTIMES: &[(&str, &str, &str)] = &[
+        ("libasan.so", "__asan_init", "AddressSanitizer"),
+        ("libhwasan.so", "__hwasan_init", "HWAddressSanitizer"),
+        ("libtsan.so", "__tsan_init", "ThreadSanitizer"),
+        ("liblsan.so", "__lsan_init", "LeakSanitizer"),
+        (
+            "libubsan.so",
+            "__ubsan_handle_builtin_unreachable",
+            "UndefinedBehaviorSanitizer",
+        ),
+    ];
+    let named = |n: &str| RUNTIMES.iter().find(|(lib, _, _)| n.starts_with(lib));
+    if let Some((_, _, name)) = elf.soname.and_then(named) {
+        return Some(name);
+    }
+    if let Some((_, _, name)) = elf.libraries.iter().find_map(|l| named(l)) {
+        return Some(name);
+    }
+    // A runtime linked in statically defines its start-up function.
+    elf.dynsyms.iter().find_map(|s| {
+        if s.st_shndx == 0 {
+            return None;
+        }
+        let n = elf.dynstrtab.get_at(s.st_name)?;
+        RUNTIMES
+            .iter()
+            .find(|(_, init, _)| *init == n && !init.starts_with("__ubsan"))
+            .map(|(_, _, name)| *name)
+    })
+}
+
+/// The refusal of a sanitizer build (exit 3).
+pub fn sanitizer_error(shown: &str, name: &str) -> crate::error::Error {
+    let why = match name {
+        "AddressSanitizer" | "HWAddressSanitizer" | "ThreadSanitizer" => {
+            "whose shadow memory overlaps where elfpack places the libraries"
+        }
+        _ => "whose runtime expects address ranges elfpack does not keep free",
+    };
+    unpackable!("{shown}: is built with {name}, {why}; elfpack cannot pack sanitizer builds yet")
 }
 
 /// Whether `path` carries file capabilities (the `security.capability` attribute that

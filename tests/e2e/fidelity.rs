@@ -341,3 +341,28 @@ fn include_of_a_library_without_soname_serves_dlopen_by_name() {
         assert_same(&format!("{} no DT_SONAME", arch.name()), &p, &original);
     }
 }
+
+/// An AddressSanitizer build is refused before anything is written, with one line and exit
+/// status 3 (its shadow memory overlaps where elfpack places the libraries).
+#[test]
+fn sanitizer_builds_are_refused() {
+    let orig = fixture("asan-x86_64");
+    let original = run_original(&orig, "prog", &[] as &[&str], b"", None);
+    assert_eq!(original.stdout, "asan a\n", "{}", original.stderr);
+    let d = scratch();
+    let out = d.path().join("packed");
+    let r = elfpack_with(
+        &["build".as_ref(), orig.as_ref(), "-o".as_ref(), out.as_ref()],
+        &[],
+    );
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is built with AddressSanitizer")
+            && r.stderr.contains("cannot pack sanitizer builds"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+}
