@@ -196,6 +196,21 @@ fn main() {
             &[],
             &nosoname.join("libneeded.so"),
         );
+        // And with DT_SONAME libneeded.so.1, reached through the link libneeded.so (as a
+        // development package installs libraries).
+        let versioned = out.join(format!("lib-{arch}-versioned"));
+        std::fs::create_dir_all(&versioned).unwrap();
+        compile(
+            false,
+            m32,
+            &["-shared", "-fPIC", "-Wl,-soname,libneeded.so.1"],
+            &[&libsrc],
+            &[],
+            &versioned.join("libneeded.so.1"),
+        );
+        let link = versioned.join("libneeded.so");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("libneeded.so.1", &link).unwrap();
         compile(
             false,
             m32,

@@ -13,6 +13,7 @@ mod image;
 mod inspect;
 mod interp;
 mod layout;
+mod linkmap;
 mod meta;
 mod normalize;
 mod output;
@@ -300,14 +301,14 @@ fn capture_env(a: &BuildArgs, hwcaps: Option<&str>, arch: program::Arch) -> Resu
         let mut libs: Vec<OsString> = Vec::new();
         for l in &a.include {
             let found = program::find_library(l, arch, lib_path.as_deref())?;
-            // ld.so knows a library by its DT_SONAME, whatever path loaded it, and
-            // otherwise only by the name it was loaded as: a library without one, named
-            // without a slash, is preloaded by that name (ld.so finds it as find_library
-            // did), so that a later dlopen of the name finds it in the image.
+            // ld.so knows a library by its DT_SONAME and by the names it was loaded as
+            // (l_libname), not by other names of its file: a name without a slash is
+            // preloaded by that name (ld.so finds it as find_library did), so that a
+            // later dlopen of the name finds it in the image, with or without a
+            // DT_SONAME, and also when the name is a link to a file of another soname.
             let by_name = !l.as_bytes().contains(&b'/')
                 && !l.as_bytes().contains(&b':')
-                && !l.as_bytes().contains(&b' ')
-                && !program::has_soname(&found);
+                && !l.as_bytes().contains(&b' ');
             libs.push(if by_name {
                 l.clone()
             } else {
@@ -354,17 +355,38 @@ fn baked_tunables(env: &[(OsString, OsString)]) -> Vec<String> {
         .collect()
 }
 
-/// After capture: every `--include` is among the loaded objects (ld.so ignores a preload
-/// it cannot use, with a message, and goes on), and no loaded object brings a sanitizer
-/// runtime.
+/// After capture: every `--include` is loaded (ld.so ignores a preload it cannot use,
+/// with a message, and goes on), and one given by name is in ld.so's link map under that
+/// name or as its soname, which a later `dlopen` of the name matches; no loaded object
+/// brings a sanitizer runtime.
 fn check_loaded(image: &image::Image, includes: &[(OsString, PathBuf)]) -> Result<()> {
     let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let entries = linkmap::read_entries(image);
     for (name, path) in includes {
+        let shown = Path::new(name).display();
         let want = id(path);
-        if want.is_none() || !image.objects.iter().any(|o| id(&o.path) == want) {
+        let loaded = want.is_some() && image.objects.iter().any(|o| id(&o.path) == want);
+        let by_name = !name.as_bytes().contains(&b'/');
+        if by_name {
+            if let Some(entries) = &entries {
+                let known = entries.iter().any(|e| {
+                    e.names.iter().any(|n| n.as_bytes() == name.as_bytes())
+                        || program::soname(&e.path).is_some_and(|s| s.as_bytes() == name.as_bytes())
+                });
+                if known {
+                    continue;
+                }
+                if loaded {
+                    return Err(Error::Capture(format!(
+                        "--include {shown}: ld.so loaded {} but not under that name, so a later dlopen of it would look for it on the file system",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        if !loaded {
             return Err(Error::Capture(format!(
-                "--include {}: ld.so did not load {}",
-                Path::new(name).display(),
+                "--include {shown}: ld.so did not load {}",
                 path.display()
             )));
         }

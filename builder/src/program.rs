@@ -305,12 +305,10 @@ pub fn ld_so_cache(cache: &Path, soname: &OsStr, arch: Arch) -> Vec<PathBuf> {
     out
 }
 
-/// Whether the library at `path` has a DT_SONAME (an unreadable file counts as having one).
-pub fn has_soname(path: &Path) -> bool {
-    crate::files::map(path)
-        .ok()
-        .and_then(|b| Elf::parse(&b).ok().map(|e| e.soname.is_some()))
-        .unwrap_or(true)
+/// The DT_SONAME of the library at `path`.
+pub fn soname(path: &Path) -> Option<String> {
+    let b = crate::files::map(path).ok()?;
+    Elf::parse(&b).ok()?.soname.map(str::to_string)
 }
 
 /// Finds a library as ld.so would for `--include`: a name with a slash is a path; a soname

@@ -307,13 +307,19 @@ fn include_picks_the_programs_class_and_machine() {
     assert!(!out.exists());
 }
 
-/// A library without DT_SONAME included by name: a later `dlopen` of that name finds it in
-/// the image, in an empty root, as the original finds it on the host.
+/// A library included by a name that is not its soname (it has none, or the name is a link
+/// to a file of another soname): a later `dlopen` of that name finds it in the image, in
+/// an empty root, as the original finds it on the host.
 #[test]
-fn include_of_a_library_without_soname_serves_dlopen_by_name() {
-    for arch in [Arch::X86_64, Arch::I386] {
+fn include_by_a_name_that_is_not_the_soname_serves_dlopen_by_name() {
+    for (arch, kind) in [
+        (Arch::X86_64, "nosoname"),
+        (Arch::I386, "nosoname"),
+        (Arch::X86_64, "versioned"),
+        (Arch::I386, "versioned"),
+    ] {
         let orig = fixture(&format!("dlopen-arg-{}", arch.name()));
-        let libdir = fixture(&format!("lib-{}-nosoname", arch.name()));
+        let libdir = fixture(&format!("lib-{}-{kind}", arch.name()));
         let d = scratch();
         let out = d.path().join("packed");
         let r = elfpack_with(
@@ -338,7 +344,7 @@ fn include_of_a_library_without_soname_serves_dlopen_by_name() {
         let original = run_cmd(cmd, b"");
         assert_eq!(original.stdout, "needed_value=1234\n");
         let p = Placed::new(&out, Mode::Chroot, arch).run(&args, b"", None);
-        assert_same(&format!("{} no DT_SONAME", arch.name()), &p, &original);
+        assert_same(&format!("{} {kind}", arch.name()), &p, &original);
     }
 }
 
