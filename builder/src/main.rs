@@ -300,13 +300,15 @@ fn capture_env(a: &BuildArgs, hwcaps: Option<&str>, arch: program::Arch) -> Resu
             .map(|(_, v)| v.clone());
         let mut libs: Vec<OsString> = Vec::new();
         for l in &a.include {
-            let found = program::find_library(l, arch, lib_path.as_deref())?;
+            let (found, ld_so_finds_it) = program::find_library(l, arch, lib_path.as_deref())?;
             // ld.so knows a library by its DT_SONAME and by the names it was loaded as
-            // (l_libname), not by other names of its file: a name without a slash is
-            // preloaded by that name (ld.so finds it as find_library did), so that a
+            // (l_libname), not by other names of its file: a name that ld.so finds the
+            // same way (LD_LIBRARY_PATH, its cache) is preloaded by that name, so that a
             // later dlopen of the name finds it in the image, with or without a
             // DT_SONAME, and also when the name is a link to a file of another soname.
-            let by_name = !l.as_bytes().contains(&b'/')
+            // check_loaded makes sure of it.
+            let by_name = ld_so_finds_it
+                && !l.as_bytes().contains(&b'/')
                 && !l.as_bytes().contains(&b':')
                 && !l.as_bytes().contains(&b' ');
             libs.push(if by_name {

@@ -313,8 +313,14 @@ pub fn soname(path: &Path) -> Option<String> {
 
 /// Finds a library as ld.so would for `--include`: a name with a slash is a path; a soname
 /// is looked up in LD_LIBRARY_PATH, then in ld.so's cache (read directly), then in the
-/// default directories. The library must match the program's architecture.
-pub fn find_library(name: &OsStr, arch: Arch, ld_library_path: Option<&OsStr>) -> Result<PathBuf> {
+/// default directories. The library must match the program's architecture. The flag tells
+/// whether ld.so's own search for the name finds the same file (LD_LIBRARY_PATH or the
+/// cache; elfpack's default directories are broader than any one ld.so's).
+pub fn find_library(
+    name: &OsStr,
+    arch: Arch,
+    ld_library_path: Option<&OsStr>,
+) -> Result<(PathBuf, bool)> {
     let shown = Path::new(name).display();
     let matches = |p: &Path| -> bool {
         crate::files::map(p)
@@ -338,7 +344,7 @@ pub fn find_library(name: &OsStr, arch: Arch, ld_library_path: Option<&OsStr>) -
                 arch.name()
             ));
         }
-        return Ok(p);
+        return Ok((p, false));
     }
     let mut candidates: Vec<PathBuf> = Vec::new();
     for dir in ld_library_path
@@ -350,6 +356,7 @@ pub fn find_library(name: &OsStr, arch: Arch, ld_library_path: Option<&OsStr>) -
         candidates.push(Path::new(OsStr::from_bytes(dir)).join(name));
     }
     candidates.extend(ld_so_cache(Path::new("/etc/ld.so.cache"), name, arch));
+    let searched_by_ld_so = candidates.len();
     let defaults: &[&str] = match arch {
         Arch::X86_64 => &[
             "/lib/x86_64-linux-gnu",
@@ -371,7 +378,9 @@ pub fn find_library(name: &OsStr, arch: Arch, ld_library_path: Option<&OsStr>) -
     candidates.extend(defaults.iter().map(|d| Path::new(d).join(name)));
     candidates
         .into_iter()
-        .find(|p| p.is_file() && matches(p))
+        .enumerate()
+        .find(|(_, p)| p.is_file() && matches(p))
+        .map(|(i, p)| (p, i < searched_by_ld_so))
         .ok_or_else(|| unpackable!("--include {shown}: no {} library of that name found (LD_LIBRARY_PATH, ld.so cache, default directories)", arch.name()))
 }
 
