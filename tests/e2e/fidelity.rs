@@ -202,9 +202,16 @@ fn malloc_tunables_of_the_packing_shell_are_not_baked_in() {
             "the fixture shows MALLOC_PERTURB_"
         );
         for (file, want, what) in [(&plain, &without, "plain"), (&asked, &with, "--env")] {
-            let p = Placed::new(file, Mode::Native, arch).run(&["perturb"], b"", None);
-            assert_same(&format!("{} {what}", arch.name()), &p, want);
+            for mode in [Mode::Native, Mode::Qemu] {
+                let p = Placed::new(file, mode, arch).run(&["perturb"], b"", None);
+                assert_same(&format!("{} {what} {mode:?}", arch.name()), &p, want);
+            }
         }
+        // At run time the variable is not read again (as the README says).
+        let placed = Placed::new(&plain, Mode::Native, arch);
+        let mut cmd = placed.command(&["perturb"], None);
+        cmd.env("MALLOC_PERTURB_", perturb);
+        assert_eq!(run_cmd(cmd, b"").stdout, without.stdout);
 
         let tunables = |f: &std::path::Path| -> Vec<String> {
             inspect_json(f)["tunables"]
