@@ -184,6 +184,41 @@ fn main() {
             &[&format!("-L{}", libdir.display()), "-lneeded"],
             &out.join(format!("needlib-{arch}")),
         );
+        // The same library without DT_SONAME, and a program that dlopen()s a name given
+        // at run time.
+        let nosoname = out.join(format!("lib-{arch}-nosoname"));
+        std::fs::create_dir_all(&nosoname).unwrap();
+        compile(
+            false,
+            m32,
+            &["-shared", "-fPIC"],
+            &[&libsrc],
+            &[],
+            &nosoname.join("libneeded.so"),
+        );
+        // And with DT_SONAME libneeded.so.1, reached through the link libneeded.so (as a
+        // development package installs libraries).
+        let versioned = out.join(format!("lib-{arch}-versioned"));
+        std::fs::create_dir_all(&versioned).unwrap();
+        compile(
+            false,
+            m32,
+            &["-shared", "-fPIC", "-Wl,-soname,libneeded.so.1"],
+            &[&libsrc],
+            &[],
+            &versioned.join("libneeded.so.1"),
+        );
+        let link = versioned.join("libneeded.so");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("libneeded.so.1", &link).unwrap();
+        compile(
+            false,
+            m32,
+            &["-pie", "-fPIE"],
+            &[&dir.join("dlopen_arg.c")],
+            &["-ldl"],
+            &out.join(format!("dlopen-arg-{arch}")),
+        );
         compile(
             false,
             m32,
@@ -199,6 +234,25 @@ fn main() {
             &[&c],
             &["-lm", "-pthread"],
             &out.join(format!("static-{arch}")),
+        );
+    }
+    // An AddressSanitizer build, when gcc's libasan is installed (libasan8).
+    let asan = out.join("asan-x86_64");
+    let _ = std::fs::remove_file(&asan);
+    let probe = cc::Build::new()
+        .cargo_metadata(false)
+        .get_compiler()
+        .to_command()
+        .args(["-fsanitize=address", "-print-file-name=libasan.so"])
+        .output();
+    if probe.is_ok_and(|o| Path::new(String::from_utf8_lossy(&o.stdout).trim()).is_absolute()) {
+        compile(
+            false,
+            false,
+            &["-fsanitize=address", "-fPIE", "-pie"],
+            &[&dir.join("asan.c")],
+            &[],
+            &asan,
         );
     }
     println!("cargo:rustc-env=FIXTURES_DIR={}", out.display());

@@ -141,6 +141,16 @@ pub fn render(path: &Path, meta: &Meta, file_size: u64, json: bool) -> String {
         e(&m.resume.pc),
         e(&m.resume.entry)
     );
+    let tunables: Vec<String> = m.tunables.iter().map(|t| e(t)).collect();
+    let _ = writeln!(
+        o,
+        "tunables: {}",
+        if tunables.is_empty() {
+            "none".into()
+        } else {
+            tunables.join(" ")
+        }
+    );
     let _ = writeln!(o, "libraries:");
     for l in &m.libraries {
         let _ = writeln!(

@@ -13,6 +13,7 @@ mod image;
 mod inspect;
 mod interp;
 mod layout;
+mod linkmap;
 mod meta;
 mod normalize;
 mod output;
@@ -26,6 +27,7 @@ mod writer;
 use clap::{Parser, Subcommand};
 use error::{other, unpackable, Error, Result};
 use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -236,12 +238,49 @@ impl Drop for DeferSignals {
     }
 }
 
-fn capture_env(
-    a: &BuildArgs,
-    hwcaps: Option<&str>,
-    arch: program::Arch,
-) -> Result<Vec<(OsString, OsString)>> {
+/// glibc's environment aliases of its tunables (glibc 2.36 `elf/dl-tunables.list`,
+/// `env_alias`). ld.so and malloc read them once, at start-up: a value present at capture
+/// would hold in every run of the packed program.
+pub const TUNABLE_ALIASES: &[&str] = &[
+    "LD_HWCAP_MASK",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_ARENA_TEST",
+    "MALLOC_CHECK_",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_PERTURB_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_TRIM_THRESHOLD_",
+];
+
+/// Whether `k` sets a glibc tunable: GLIBC_TUNABLES or one of its aliases.
+fn is_tunable(k: &std::ffi::OsStr) -> bool {
+    k == "GLIBC_TUNABLES" || TUNABLE_ALIASES.iter().any(|a| k == *a)
+}
+
+/// The capture environment, the names of the tunable variables of elfpack's own
+/// environment it leaves out (only `--env` sets those), and each `--include` with the file
+/// it names.
+struct CaptureEnv {
+    env: Vec<(OsString, OsString)>,
+    dropped: Vec<String>,
+    includes: Vec<(OsString, PathBuf)>,
+}
+
+fn capture_env(a: &BuildArgs, hwcaps: Option<&str>, arch: program::Arch) -> Result<CaptureEnv> {
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let mut dropped: Vec<String> = Vec::new();
+    let mut includes: Vec<(OsString, PathBuf)> = Vec::new();
+    env.retain(|(k, _)| {
+        if is_tunable(k) {
+            let k = k.to_string_lossy().into_owned();
+            if !dropped.contains(&k) {
+                dropped.push(k);
+            }
+            return false;
+        }
+        true
+    });
     let mut set = |k: &str, v: &str| {
         env.retain(|(ek, _)| ek != k);
         env.push((k.into(), v.into()));
@@ -261,7 +300,23 @@ fn capture_env(
             .map(|(_, v)| v.clone());
         let mut libs: Vec<OsString> = Vec::new();
         for l in &a.include {
-            libs.push(program::find_library(l, arch, lib_path.as_deref())?.into_os_string());
+            let (found, ld_so_finds_it) = program::find_library(l, arch, lib_path.as_deref())?;
+            // ld.so knows a library by its DT_SONAME and by the names it was loaded as
+            // (l_libname), not by other names of its file: a name that ld.so finds the
+            // same way (LD_LIBRARY_PATH, its cache) is preloaded by that name, so that a
+            // later dlopen of the name finds it in the image, with or without a
+            // DT_SONAME, and also when the name is a link to a file of another soname.
+            // check_loaded makes sure of it.
+            let by_name = ld_so_finds_it
+                && !l.as_bytes().contains(&b'/')
+                && !l.as_bytes().contains(&b':')
+                && !l.as_bytes().contains(&b' ');
+            libs.push(if by_name {
+                l.clone()
+            } else {
+                found.clone().into_os_string()
+            });
+            includes.push((l.clone(), found));
         }
         let existing = env
             .iter()
@@ -286,7 +341,73 @@ fn capture_env(
         env.retain(|(k, _)| k != "GLIBC_TUNABLES");
         env.push(("GLIBC_TUNABLES".into(), value.into()));
     }
-    Ok(env)
+    dropped.retain(|d| !env.iter().any(|(k, _)| k == d.as_str()));
+    Ok(CaptureEnv {
+        env,
+        dropped,
+        includes,
+    })
+}
+
+/// The tunable settings of a capture environment, `KEY=VALUE`, as the image keeps them.
+fn baked_tunables(env: &[(OsString, OsString)]) -> Vec<String> {
+    env.iter()
+        .filter(|(k, _)| is_tunable(k))
+        .map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.to_string_lossy()))
+        .collect()
+}
+
+/// After capture: every `--include` is loaded (ld.so ignores a preload it cannot use,
+/// with a message, and goes on), and one given by name is in ld.so's link map under that
+/// name or as its soname, which a later `dlopen` of the name matches; no loaded object
+/// brings a sanitizer runtime.
+fn check_loaded(image: &image::Image, includes: &[(OsString, PathBuf)]) -> Result<()> {
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let entries = linkmap::read_entries(image);
+    for (name, path) in includes {
+        let shown = Path::new(name).display();
+        let want = id(path);
+        let loaded = want.is_some() && image.objects.iter().any(|o| id(&o.path) == want);
+        let by_name = !name.as_bytes().contains(&b'/');
+        if by_name {
+            if let Some(entries) = &entries {
+                let known = entries.iter().any(|e| {
+                    e.names.iter().any(|n| n.as_bytes() == name.as_bytes())
+                        || program::soname(&e.path).is_some_and(|s| s.as_bytes() == name.as_bytes())
+                });
+                if known {
+                    continue;
+                }
+                if loaded {
+                    return Err(Error::Capture(format!(
+                        "--include {shown}: ld.so loaded {} but not under that name, so a later dlopen of it would look for it on the file system",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        if !loaded {
+            return Err(Error::Capture(format!(
+                "--include {shown}: ld.so did not load {}",
+                path.display()
+            )));
+        }
+    }
+    for o in &image.objects {
+        let Ok(bytes) = files::map(&o.path) else {
+            continue;
+        };
+        if let Some(name) = goblin::elf::Elf::parse(&bytes)
+            .ok()
+            .and_then(|e| program::sanitizer(&e))
+        {
+            return Err(program::sanitizer_error(
+                &o.path.display().to_string(),
+                name,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an OUTPUT that is the program itself or cannot be written, before capturing.
@@ -357,9 +478,21 @@ fn build(a: &BuildArgs) -> Result<()> {
     let plan = cpu::plan(a.cpu, prog.arch)?;
     let mut argv = vec![a.program.clone()];
     argv.extend(a.args.iter().cloned());
+    let CaptureEnv {
+        env,
+        dropped,
+        includes,
+    } = capture_env(a, plan.hwcaps.as_deref(), prog.arch)?;
+    if !dropped.is_empty() && !a.quiet {
+        eprintln!(
+            "elfpack: note: captured without {} from this environment (read once at start-up, they would hold in every run; set them with --env)",
+            dropped.join(", ")
+        );
+    }
+    let tunables = baked_tunables(&env);
     let opts = capture::Options {
         args: argv,
-        env: capture_env(a, plan.hwcaps.as_deref(), prog.arch)?,
+        env,
         timeout: a.timeout,
         at_entry: a.stop_at_entry,
         skip_code: false,
@@ -409,6 +542,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     });
     let (mut image, fixup_notes, warnings, stack) = first?;
     let (image2, stack2) = second?;
+    check_loaded(&image, &includes)?;
     let capture_time = t_capture.elapsed();
     let aux_values = fixups::aux_values(&image, &image2, &stack, &stack2);
     let varying = normalize::zero_differences(&mut image, &image2, argc_probe)?;
@@ -438,7 +572,8 @@ fn build(a: &BuildArgs) -> Result<()> {
     let deferred = DeferSignals::new();
     let tmp = output::Pending::create(&dir)?;
     let mut stats = writer::write(tmp.file(), &mut image, &symbols, |image, st, usage| {
-        let m = meta::build(image, &prog, usage, st.stub_size, st.segments as u64, nsyms);
+        let mut m = meta::build(image, &prog, usage, st.stub_size, st.segments as u64, nsyms);
+        m.tunables = tunables.clone();
         serde_json::to_vec(&m).expect("serialisable")
     })
     .map_err(|e| writer_error(e, &a.output))?;

@@ -24,6 +24,11 @@ pub struct Meta {
     pub min_kernel: String,
     pub program: Library,
     pub captured_with: CapturedWith,
+    /// The glibc tunables the capture ran with, `KEY=VALUE` (GLIBC_TUNABLES and its
+    /// aliases such as MALLOC_PERTURB_): ld.so and malloc read them at start-up, so they
+    /// hold in every run of the packed file.
+    #[serde(default)]
+    pub tunables: Vec<String>,
     pub libraries: Vec<Library>,
     pub regions: Vec<RegionInfo>,
     pub resume: Resume,
@@ -240,6 +245,7 @@ pub fn build(
             glibc,
             time,
         },
+        tunables: Vec::new(),
         libraries,
         regions,
         resume: Resume {

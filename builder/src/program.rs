@@ -155,6 +155,9 @@ pub fn inspect(path: &Path) -> Result<Program> {
     // The capture runs the interpreter: it must be glibc's ld.so, checked before anything
     // runs.
     let secure_list_known = crate::interp::check(&shown.to_string(), &interp, arch)?;
+    if let Some(name) = sanitizer(&elf) {
+        return Err(sanitizer_error(&shown.to_string(), name));
+    }
     let stack_flags = elf
         .program_headers
         .iter()
@@ -175,6 +178,51 @@ pub fn inspect(path: &Path) -> Result<Program> {
         loads,
         secure_list_known,
     })
+}
+
+/// The sanitizer whose runtime an object links (DT_NEEDED) or contains (its start-up
+/// symbol, for `-static-libasan` and the like), by the name its runtime gives itself.
+pub fn sanitizer(elf: &Elf) -> Option<&'static str> {
+    const RUNTIMES: &[(&str, &str, &str)] = &[
+        ("libasan.so", "__asan_init", "AddressSanitizer"),
+        ("libhwasan.so", "__hwasan_init", "HWAddressSanitizer"),
+        ("libtsan.so", "__tsan_init", "ThreadSanitizer"),
+        ("liblsan.so", "__lsan_init", "LeakSanitizer"),
+        (
+            "libubsan.so",
+            "__ubsan_handle_builtin_unreachable",
+            "UndefinedBehaviorSanitizer",
+        ),
+    ];
+    let named = |n: &str| RUNTIMES.iter().find(|(lib, _, _)| n.starts_with(lib));
+    if let Some((_, _, name)) = elf.soname.and_then(named) {
+        return Some(name);
+    }
+    if let Some((_, _, name)) = elf.libraries.iter().find_map(|l| named(l)) {
+        return Some(name);
+    }
+    // A runtime linked in statically defines its start-up function.
+    elf.dynsyms.iter().find_map(|s| {
+        if s.st_shndx == 0 {
+            return None;
+        }
+        let n = elf.dynstrtab.get_at(s.st_name)?;
+        RUNTIMES
+            .iter()
+            .find(|(_, init, _)| *init == n && !init.starts_with("__ubsan"))
+            .map(|(_, _, name)| *name)
+    })
+}
+
+/// The refusal of a sanitizer build (exit 3).
+pub fn sanitizer_error(shown: &str, name: &str) -> crate::error::Error {
+    let why = match name {
+        "AddressSanitizer" | "HWAddressSanitizer" | "ThreadSanitizer" => {
+            "whose shadow memory overlaps where elfpack places the libraries"
+        }
+        _ => "whose runtime expects address ranges elfpack does not keep free",
+    };
+    unpackable!("{shown}: is built with {name}, {why}; elfpack cannot pack sanitizer builds yet")
 }
 
 /// Whether `path` carries file capabilities (the `security.capability` attribute that
@@ -257,18 +305,31 @@ pub fn ld_so_cache(cache: &Path, soname: &OsStr, arch: Arch) -> Vec<PathBuf> {
     out
 }
 
+/// The DT_SONAME of the library at `path`.
+pub fn soname(path: &Path) -> Option<String> {
+    let b = crate::files::map(path).ok()?;
+    Elf::parse(&b).ok()?.soname.map(str::to_string)
+}
+
 /// Finds a library as ld.so would for `--include`: a name with a slash is a path; a soname
 /// is looked up in LD_LIBRARY_PATH, then in ld.so's cache (read directly), then in the
-/// default directories. The library must match the program's architecture.
-pub fn find_library(name: &OsStr, arch: Arch, ld_library_path: Option<&OsStr>) -> Result<PathBuf> {
+/// default directories. The library must match the program's architecture. The flag tells
+/// whether ld.so's own search for the name finds the same file (LD_LIBRARY_PATH or the
+/// cache; elfpack's default directories are broader than any one ld.so's).
+pub fn find_library(
+    name: &OsStr,
+    arch: Arch,
+    ld_library_path: Option<&OsStr>,
+) -> Result<(PathBuf, bool)> {
     let shown = Path::new(name).display();
     let matches = |p: &Path| -> bool {
         crate::files::map(p)
             .ok()
             .and_then(|b| {
-                Elf::parse(&b)
-                    .ok()
-                    .map(|e| e.header.e_machine == arch.e_machine())
+                // Class and machine: an x32 library is EM_X86_64 too, but 32-bit.
+                Elf::parse(&b).ok().map(|e| {
+                    e.header.e_machine == arch.e_machine() && e.is_64 == (arch == Arch::X86_64)
+                })
             })
             .unwrap_or(false)
     };
@@ -283,7 +344,7 @@ pub fn find_library(name: &OsStr, arch: Arch, ld_library_path: Option<&OsStr>) -
                 arch.name()
             ));
         }
-        return Ok(p);
+        return Ok((p, false));
     }
     let mut candidates: Vec<PathBuf> = Vec::new();
     for dir in ld_library_path
@@ -295,6 +356,7 @@ pub fn find_library(name: &OsStr, arch: Arch, ld_library_path: Option<&OsStr>) -
         candidates.push(Path::new(OsStr::from_bytes(dir)).join(name));
     }
     candidates.extend(ld_so_cache(Path::new("/etc/ld.so.cache"), name, arch));
+    let searched_by_ld_so = candidates.len();
     let defaults: &[&str] = match arch {
         Arch::X86_64 => &[
             "/lib/x86_64-linux-gnu",
@@ -316,7 +378,9 @@ pub fn find_library(name: &OsStr, arch: Arch, ld_library_path: Option<&OsStr>) -
     candidates.extend(defaults.iter().map(|d| Path::new(d).join(name)));
     candidates
         .into_iter()
-        .find(|p| p.is_file() && matches(p))
+        .enumerate()
+        .find(|(_, p)| p.is_file() && matches(p))
+        .map(|(i, p)| (p, i < searched_by_ld_so))
         .ok_or_else(|| unpackable!("--include {shown}: no {} library of that name found (LD_LIBRARY_PATH, ld.so cache, default directories)", arch.name()))
 }
 

@@ -127,3 +127,255 @@ fn large_bss_stays_zero() {
         }
     }
 }
+
+/// A string as an OsStr, for argument lists that mix strings and paths.
+fn o(s: &str) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+/// Runs `elfpack ARGS` with `env` added to the test's environment.
+fn elfpack_with(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Run {
+    let mut cmd = std::process::Command::new(elfpack());
+    cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+    run_cmd(cmd, b"")
+}
+
+/// The `inspect --json` document of a packed file.
+fn inspect_json(packed: &std::path::Path) -> serde_json::Value {
+    let r = elfpack_with(
+        &["inspect".as_ref(), "--json".as_ref(), packed.as_ref()],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+/// A MALLOC_PERTURB_ in the packing shell is not baked into the packed program (which then
+/// behaves like the original run without it; a note says it was left out), unless `--env`
+/// asks for it, and `inspect` shows the tunables the image holds.
+#[test]
+fn malloc_tunables_of_the_packing_shell_are_not_baked_in() {
+    let perturb: &std::ffi::OsStr = "165".as_ref();
+    for arch in [Arch::X86_64, Arch::I386] {
+        let orig = fixture(&format!("fixture-{}-pie", arch.name()));
+        let d = scratch();
+        let (plain, asked) = (d.path().join("plain"), d.path().join("asked"));
+        let r = elfpack_with(
+            &[o("build"), orig.as_ref(), o("-o"), plain.as_ref()],
+            &[("MALLOC_PERTURB_", perturb)],
+        );
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        let notes: Vec<&str> = r.stderr.lines().filter(|l| l.contains("note")).collect();
+        assert!(
+            notes.len() == 1 && notes[0].contains("MALLOC_PERTURB_"),
+            "a note names what was left out: {}",
+            r.stderr
+        );
+        let quiet = elfpack_with(
+            &[o("build"), o("-q"), orig.as_ref(), o("-o"), plain.as_ref()],
+            &[("MALLOC_PERTURB_", perturb)],
+        );
+        assert_eq!((quiet.code, quiet.stderr.as_str()), (Some(0), ""));
+        let r = elfpack_with(
+            &[
+                o("build"),
+                o("-q"),
+                orig.as_ref(),
+                o("-o"),
+                asked.as_ref(),
+                o("--env"),
+                o("MALLOC_PERTURB_=165"),
+            ],
+            &[],
+        );
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+
+        let without = run_original(&orig, "prog", &["perturb"], b"", None);
+        let mut cmd = std::process::Command::new(&orig);
+        cmd.arg("perturb")
+            .env_clear()
+            .envs(test_env())
+            .env("MALLOC_PERTURB_", perturb);
+        let with = run_cmd(cmd, b"");
+        assert_ne!(
+            without.stdout, with.stdout,
+            "the fixture shows MALLOC_PERTURB_"
+        );
+        for (file, want, what) in [(&plain, &without, "plain"), (&asked, &with, "--env")] {
+            for mode in [Mode::Native, Mode::Qemu] {
+                let p = Placed::new(file, mode, arch).run(&["perturb"], b"", None);
+                assert_same(&format!("{} {what} {mode:?}", arch.name()), &p, want);
+            }
+        }
+        // At run time the variable is not read again (as the README says).
+        let placed = Placed::new(&plain, Mode::Native, arch);
+        let mut cmd = placed.command(&["perturb"], None);
+        cmd.env("MALLOC_PERTURB_", perturb);
+        assert_eq!(run_cmd(cmd, b"").stdout, without.stdout);
+
+        let tunables = |f: &std::path::Path| -> Vec<String> {
+            inspect_json(f)["tunables"]
+                .as_array()
+                .expect("inspect --json has tunables")
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        let t = tunables(&plain);
+        assert!(!t.iter().any(|t| t.starts_with("MALLOC_")), "{t:?}");
+        assert!(t.iter().any(|t| t.starts_with("GLIBC_TUNABLES=")), "{t:?}");
+        let t = tunables(&asked);
+        assert!(t.contains(&"MALLOC_PERTURB_=165".to_string()), "{t:?}");
+        let text = elfpack_with(&[o("inspect"), asked.as_ref()], &[]);
+        assert!(
+            text.stdout
+                .lines()
+                .any(|l| l.starts_with("tunables: ") && l.contains("MALLOC_PERTURB_=165")),
+            "{}",
+            text.stdout
+        );
+    }
+}
+
+/// `--include libm.so.6` gets the library of the program's class and machine, even where
+/// another class's comes first in the search (the x32 libm of a multilib system); ld.so
+/// loads it, `inspect` lists it, and a later dlopen of the name works in an empty root.
+#[test]
+fn include_picks_the_programs_class_and_machine() {
+    for (arch, class, machine) in [(Arch::X86_64, 2u8, 62u16), (Arch::I386, 1, 3)] {
+        let orig = fixture(&format!("dlopen-arg-{}", arch.name()));
+        let d = scratch();
+        // /libx32 first: its libm is EM_X86_64 but 32-bit.
+        for (i, lib_path) in ["", "/libx32:/usr/libx32"].into_iter().enumerate() {
+            let out = d.path().join(format!("packed{i}"));
+            let mut env: Vec<(&str, &std::ffi::OsStr)> = Vec::new();
+            if !lib_path.is_empty() {
+                env.push(("LD_LIBRARY_PATH", o(lib_path)));
+            }
+            let r = elfpack_with(
+                &[
+                    o("build"),
+                    o("-q"),
+                    orig.as_ref(),
+                    o("-o"),
+                    out.as_ref(),
+                    o("--include"),
+                    o("libm.so.6"),
+                ],
+                &env,
+            );
+            let what = format!("{} LD_LIBRARY_PATH={lib_path}", arch.name());
+            assert_eq!(r.code, Some(0), "{what}: {}", r.stderr);
+            let doc = inspect_json(&out);
+            let libm = doc["libraries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["soname"] == "libm.so.6")
+                .unwrap_or_else(|| panic!("{what}: no libm in the image: {doc}"));
+            let bytes = std::fs::read(libm["path"].as_str().unwrap()).unwrap();
+            assert_eq!(
+                (bytes[4], u16::from_le_bytes([bytes[18], bytes[19]])),
+                (class, machine),
+                "{what}: {}",
+                libm["path"]
+            );
+            let args = ["libm.so.6"];
+            let p = Placed::new(&out, Mode::Chroot, arch).run(&args, b"", None);
+            let orig_run = run_original(&orig, "prog", &args, b"", None);
+            assert_same(&what, &p, &orig_run);
+            assert_eq!(p.stdout, "dlopen libm.so.6 ok\n", "{what}");
+        }
+    }
+    // A file ld.so will not preload (an executable) is an error after the capture, not a
+    // packed file without it.
+    let orig = fixture("dlopen-arg-x86_64");
+    let exe = fixture("fixture-x86_64-nopie");
+    let d = scratch();
+    let out = d.path().join("packed");
+    let r = elfpack_with(
+        &[
+            o("build"),
+            orig.as_ref(),
+            o("-o"),
+            out.as_ref(),
+            o("--include"),
+            exe.as_ref(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(4), "{}", r.stderr);
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("elfpack: --include ") && last.contains("ld.so did not load"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+}
+
+/// A library included by a name that is not its soname (it has none, or the name is a link
+/// to a file of another soname): a later `dlopen` of that name finds it in the image, in
+/// an empty root, as the original finds it on the host.
+#[test]
+fn include_by_a_name_that_is_not_the_soname_serves_dlopen_by_name() {
+    for (arch, kind) in [
+        (Arch::X86_64, "nosoname"),
+        (Arch::I386, "nosoname"),
+        (Arch::X86_64, "versioned"),
+        (Arch::I386, "versioned"),
+    ] {
+        let orig = fixture(&format!("dlopen-arg-{}", arch.name()));
+        let libdir = fixture(&format!("lib-{}-{kind}", arch.name()));
+        let d = scratch();
+        let out = d.path().join("packed");
+        let r = elfpack_with(
+            &[
+                o("build"),
+                o("-q"),
+                orig.as_ref(),
+                o("-o"),
+                out.as_ref(),
+                o("--include"),
+                o("libneeded.so"),
+            ],
+            &[("LD_LIBRARY_PATH", libdir.as_ref())],
+        );
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        let args = ["libneeded.so", "needed_value"];
+        let mut cmd = std::process::Command::new(&orig);
+        cmd.args(args)
+            .env_clear()
+            .envs(test_env())
+            .env("LD_LIBRARY_PATH", &libdir);
+        let original = run_cmd(cmd, b"");
+        assert_eq!(original.stdout, "needed_value=1234\n");
+        let p = Placed::new(&out, Mode::Chroot, arch).run(&args, b"", None);
+        assert_same(&format!("{} {kind}", arch.name()), &p, &original);
+    }
+}
+
+/// An AddressSanitizer build is refused before anything is written, with one line and exit
+/// status 3 (its shadow memory overlaps where elfpack places the libraries).
+#[test]
+fn sanitizer_builds_are_refused() {
+    let orig = fixture("asan-x86_64");
+    let original = run_original(&orig, "prog", &[] as &[&str], b"", None);
+    assert_eq!(original.stdout, "asan a\n", "{}", original.stderr);
+    let d = scratch();
+    let out = d.path().join("packed");
+    let r = elfpack_with(
+        &["build".as_ref(), orig.as_ref(), "-o".as_ref(), out.as_ref()],
+        &[],
+    );
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is built with AddressSanitizer")
+            && r.stderr.contains("cannot pack sanitizer builds"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+}

@@ -1,0 +1,77 @@
+//! ld.so's list of loaded objects, read from the captured image: what name each object is
+//! known by, which decides whether a later `dlopen` of a name finds it already loaded.
+use crate::image::Image;
+use goblin::elf::Elf;
+use std::path::PathBuf;
+
+/// One loaded object: its `l_name` (the file ld.so opened; empty for the program) and the
+/// names a later `dlopen` matches (`l_libname`: the names it was loaded as).
+#[derive(Debug)]
+pub struct Entry {
+    pub path: PathBuf,
+    pub names: Vec<String>,
+}
+
+/// Reads `len` bytes at `addr` of the image.
+fn read(image: &Image, addr: u64, len: usize) -> Option<&[u8]> {
+    let r = image.region_of(addr)?;
+    let off = usize::try_from(addr - r.start).ok()?;
+    r.data.as_ref()?.get(off..off.checked_add(len)?)
+}
+
+fn word(image: &Image, addr: u64) -> Option<u64> {
+    let w = image.arch.word();
+    let b = read(image, addr, w)?;
+    let mut v = [0u8; 8];
+    v[..w].copy_from_slice(b);
+    Some(u64::from_le_bytes(v))
+}
+
+/// The NUL-terminated string at `addr`, within one region.
+fn string(image: &Image, addr: u64) -> Option<String> {
+    let r = image.region_of(addr)?;
+    let off = usize::try_from(addr - r.start).ok()?;
+    let rest = r.data.as_ref()?.get(off..)?;
+    let end = rest.iter().position(|&c| c == 0)?;
+    Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+}
+
+/// The link map of the base namespace, through ld.so's `_r_debug` (glibc `elf/link.h`:
+/// `struct r_debug {int r_version; struct link_map *r_map; ...}`) and each
+/// `struct link_map` (`include/link.h`: l_addr, l_name, l_ld, l_next, l_prev, l_real, l_ns,
+/// then `struct libname_list *l_libname`, whose entries are `{name, next, ...}`). `None`
+/// when ld.so or its `_r_debug` cannot be found in the image.
+pub fn read_entries(image: &Image) -> Option<Vec<Entry>> {
+    let ldso = image.objects.iter().find(|o| o.base == image.at_base)?;
+    let bytes = crate::files::map(&ldso.path).ok()?;
+    let elf = Elf::parse(&bytes).ok()?;
+    let sym = elf
+        .dynsyms
+        .iter()
+        .find(|s| s.st_shndx != 0 && elf.dynstrtab.get_at(s.st_name) == Some("_r_debug"))?;
+    let w = image.arch.word() as u64;
+    let r_debug = ldso.base.checked_add(sym.st_value)?;
+    let mut map = word(image, r_debug + w)?;
+    let mut out = Vec::new();
+    // A corrupt list must not loop forever.
+    for _ in 0..4096 {
+        if map == 0 {
+            return Some(out);
+        }
+        let path = PathBuf::from(string(image, word(image, map + w)?).unwrap_or_default());
+        let mut names = Vec::new();
+        let mut l = word(image, map + 7 * w)?;
+        for _ in 0..64 {
+            if l == 0 {
+                break;
+            }
+            if let Some(n) = word(image, l).and_then(|a| string(image, a)) {
+                names.push(n);
+            }
+            l = word(image, l + w)?;
+        }
+        out.push(Entry { path, names });
+        map = word(image, map + 3 * w)?;
+    }
+    None
+}
