@@ -15,8 +15,8 @@
 //! fails or the harness kills the command. The test's files in the root are in a
 //! directory under the root's /tmp that is removed when the test ends.
 use elfpack_tests::{
-    require, run_cmd_within, scratch, test_env, without_qemu_warnings, Arch, Mode, Placed, Run,
-    ALL_MODES, PLACED_NAME,
+    cache_dir, require, run_cmd_within, scratch, test_env, without_qemu_warnings, Arch, Mode,
+    Placed, Run, ALL_MODES, PLACED_NAME,
 };
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
@@ -26,16 +26,6 @@ use std::time::Duration;
 
 /// Deadline of one command (a pack runs the program twice under ptrace; qemu is slow).
 const LIMIT: Duration = Duration::from_secs(300);
-
-fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache")
-        });
-    base.join("elfpack-tests")
-}
 
 /// The static elfpack: `ELFPACK_STATIC_BIN`, else the musl build in this workspace.
 fn static_elfpack() -> PathBuf {

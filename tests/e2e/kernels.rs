@@ -12,8 +12,8 @@
 //! `tests/setup --tests` downloads the kernels and busybox once into
 //! `${XDG_CACHE_HOME:-$HOME/.cache}/elfpack-tests/`; a missing one fails these tests.
 use elfpack_tests::{
-    elfpack, fixture, require, run_cmd_within, scratch, spawn, test_env, wait_output_within, Arch,
-    Run,
+    cache_dir, elfpack, fixture, pack_to, require, run_cmd_within, scratch, spawn, test_env,
+    wait_output_within, Arch, Run,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,16 +30,6 @@ fn run(cmd: Command, stdin: Option<&[u8]>) -> Run {
         stdin.unwrap_or_default(),
         std::time::Duration::from_secs(CHILD_TIMEOUT),
     )
-}
-
-fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache")
-        });
-    base.join("elfpack-tests")
 }
 
 /// The cached kernel image whose release starts with `release` ("5.10.", "6.1.").
@@ -103,21 +93,7 @@ fn md5(bytes: &[u8]) -> String {
 }
 
 fn pack(input: &Path, output: &Path, extra: &[&str]) {
-    let mut c = Command::new(elfpack());
-    c.arg("build")
-        .arg(input)
-        .arg("-o")
-        .arg(output)
-        .arg("-q")
-        .args(extra);
-    let r = run(c, None);
-    assert_eq!(
-        r.code,
-        Some(0),
-        "elfpack build {}: {}",
-        input.display(),
-        r.stderr
-    );
+    pack_to(input, output, extra);
 }
 
 /// Runs the original on the host as the guest runs the packed file: argv[0] `/p/FILE`,

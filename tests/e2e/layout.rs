@@ -4,7 +4,9 @@
 //!
 //! Every child process runs under the harness's deadline: a hung child is a failed test with
 //! its output.
-use elfpack_tests::{elfpack, require, run_cmd_within, scratch, test_env, Arch, Run};
+use elfpack_tests::{
+    assert_same_stdout, pack_to, require, run_cmd_within, scratch, test_env, Arch, Run,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -29,21 +31,7 @@ fn cc(arch: Arch, args: &[&str]) {
 }
 
 fn pack(input: &Path, output: &Path, extra: &[&str]) {
-    let mut c = Command::new(elfpack());
-    c.arg("build")
-        .arg(input)
-        .arg("-o")
-        .arg(output)
-        .arg("-q")
-        .args(extra);
-    let r = run(c);
-    assert_eq!(
-        r.code,
-        Some(0),
-        "elfpack build {}: {}",
-        input.display(),
-        r.stderr
-    );
+    pack_to(input, output, extra);
 }
 
 /// The program headers of an ELF file: (count, PT_GNU_STACK flags).
@@ -66,16 +54,6 @@ fn run_prog(prog: &Path, args: &[&str], extra_env: &[(&str, &str)]) -> Run {
         .envs(test_env())
         .envs(extra_env.iter().copied());
     run(c)
-}
-
-fn assert_same(what: &str, packed: &Run, original: &Run) {
-    assert_eq!(
-        (packed.code, &packed.stdout),
-        (original.code, &original.stdout),
-        "{what}: packed run differs from the original\npacked stderr: {}\noriginal stderr: {}",
-        packed.stderr,
-        original.stderr
-    );
 }
 
 const LIBRARIES: usize = 200;
@@ -174,10 +152,10 @@ fn check_many_libraries(arch: Arch) {
         );
         // The packed program needs no library: run it without LD_LIBRARY_PATH.
         let p = run_prog(&packed, args, &[]);
-        assert_same(&format!("{} {args:?}", arch.name()), &p, &original);
+        assert_same_stdout(&format!("{} {args:?}", arch.name()), &p, &original);
         let q = run_prog(&require(arch.qemu()), &[packed.to_str().unwrap()], &[]);
         if args.is_empty() {
-            assert_same(&format!("{} under qemu", arch.name()), &q, &original);
+            assert_same_stdout(&format!("{} under qemu", arch.name()), &q, &original);
         }
     }
 }
@@ -274,13 +252,13 @@ fn check_exec_stack(arch: Arch) {
         let original = run_prog(&prog, args, &env);
         assert!(original.stdout.starts_with("tramp_sum="), "{original:?}");
         let p = run_prog(&packed, args, &[]);
-        assert_same(&format!("{} {args:?}", arch.name()), &p, &original);
+        assert_same_stdout(&format!("{} {args:?}", arch.name()), &p, &original);
     }
     // Under qemu-user too (compared with the original under qemu).
     let qemu = require(arch.qemu());
     let original = run_prog(&qemu, &[prog.to_str().unwrap()], &env);
     let q = run_prog(&qemu, &[packed.to_str().unwrap()], &[]);
-    assert_same(&format!("{} under qemu", arch.name()), &q, &original);
+    assert_same_stdout(&format!("{} under qemu", arch.name()), &q, &original);
 }
 
 #[test]

@@ -93,6 +93,18 @@ pub fn fixture(name: &str) -> PathBuf {
     p
 }
 
+/// Where tests/setup caches downloads outside the clone (kernels, busybox, Debian roots):
+/// `$XDG_CACHE_HOME/elfpack-tests`, else `$HOME/.cache/elfpack-tests`.
+pub fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache")
+        });
+    base.join("elfpack-tests")
+}
+
 /// A scratch directory every user can enter (tests also run packed files as uid 65534).
 pub fn scratch() -> tempfile::TempDir {
     let d = tempfile::Builder::new()
