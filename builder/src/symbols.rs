@@ -11,16 +11,22 @@ pub fn lookup_dynsym(path: &std::path::Path, name: &str) -> Option<u64> {
         .map(|s| s.st_value)
 }
 
+/// What to add to the object's symbol values: its load address, except for a
+/// position-dependent program (ET_EXEC), whose addresses are absolute.
+fn load_bias(elf: &Elf, base: u64) -> u64 {
+    if elf.header.e_type == goblin::elf::header::ET_EXEC {
+        0
+    } else {
+        base
+    }
+}
+
 /// The run-time address of dynamic symbol `name` where the object at `path`, loaded at
 /// `base`, defines it (not merely refers to it); an ET_EXEC's addresses are absolute.
 pub fn defined_at(path: &std::path::Path, base: u64, name: &str) -> Option<u64> {
     let bytes = crate::files::map(path).ok()?;
     let elf = Elf::parse(&bytes).ok()?;
-    let bias = if elf.header.e_type == goblin::elf::header::ET_EXEC {
-        0
-    } else {
-        base
-    };
+    let bias = load_bias(&elf, base);
     elf.dynsyms
         .iter()
         .find(|s| {
@@ -45,11 +51,7 @@ pub fn definitions(
         let Ok(elf) = Elf::parse(&bytes) else {
             continue;
         };
-        let bias = if elf.header.e_type == goblin::elf::header::ET_EXEC {
-            0
-        } else {
-            o.base
-        };
+        let bias = load_bias(&elf, o.base);
         out.extend(
             elf.dynsyms
                 .iter()
@@ -90,12 +92,7 @@ pub fn collect(objects: &[crate::image::Object]) -> Vec<ImageSymbol> {
         let Ok(elf) = Elf::parse(&bytes) else {
             continue;
         };
-        // Addresses of a position-dependent program are absolute.
-        let bias = if elf.header.e_type == goblin::elf::header::ET_EXEC {
-            0
-        } else {
-            o.base
-        };
+        let bias = load_bias(&elf, o.base);
         let tables = [(&elf.syms, &elf.strtab), (&elf.dynsyms, &elf.dynstrtab)];
         for (syms, strs) in tables {
             for s in syms.iter() {

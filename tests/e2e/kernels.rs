@@ -12,8 +12,8 @@
 //! `tests/setup --tests` downloads the kernels and busybox once into
 //! `${XDG_CACHE_HOME:-$HOME/.cache}/elfpack-tests/`; a missing one fails these tests.
 use elfpack_tests::{
-    cache_dir, elfpack, fixture, pack_to, require, run_cmd_within, scratch, spawn, test_env,
-    wait_output_within, Arch, Run,
+    cache_dir, elfpack, fixture, output_within, pack_to, require, run_cmd_within, scratch,
+    test_env, Arch, Run,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -106,18 +106,7 @@ fn host_run(orig: &Path, file: &str, args: &[String], stdin: &[u8], md5_out: boo
         .env_clear()
         .envs(test_env());
     // The raw bytes, for the MD5 of binary output.
-    c.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = spawn(&mut c);
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    std::thread::spawn(move || {
-        use std::io::Write;
-        let _ = input.write_all(&data);
-    });
-    let what = format!("{} on the host", orig.display());
-    let out = wait_output_within(child, &what, std::time::Duration::from_secs(CHILD_TIMEOUT));
+    let out = output_within(c, stdin, std::time::Duration::from_secs(CHILD_TIMEOUT));
     Run {
         stdout: if md5_out {
             md5(&out.stdout)

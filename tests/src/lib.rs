@@ -312,7 +312,12 @@ pub fn spawn(cmd: &mut Command) -> std::process::Child {
 
 /// Runs `cmd` with `stdin` fed from another thread (so a large input cannot deadlock
 /// against a full stdout pipe); returns its output.
-fn communicate(mut cmd: Command, stdin: &[u8], stderr: Stdio) -> Output {
+fn communicate(cmd: Command, stdin: &[u8], stderr: Stdio) -> Output {
+    communicate_within(cmd, stdin, stderr, child_timeout())
+}
+
+/// [`communicate`] with an explicit deadline.
+fn communicate_within(mut cmd: Command, stdin: &[u8], stderr: Stdio, limit: Duration) -> Output {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(stderr);
@@ -324,7 +329,7 @@ fn communicate(mut cmd: Command, stdin: &[u8], stderr: Stdio) -> Output {
     std::thread::spawn(move || {
         let _ = input.write_all(&data);
     });
-    wait_output(child, &what)
+    wait_output_within(child, &what, limit)
 }
 
 fn finish(cmd: Command, stdin: &[u8]) -> Run {
@@ -490,18 +495,13 @@ pub fn without_qemu_warnings(mut r: Run) -> Run {
 }
 
 /// Runs a prepared command with `stdin`, under a deadline of its own (a qemu-system boot).
-pub fn run_cmd_within(mut cmd: Command, stdin: &[u8], limit: Duration) -> Run {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let what = format!("{cmd:?}");
-    let mut child = spawn(&mut cmd);
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    Run::from(wait_output_within(child, &what, limit))
+pub fn run_cmd_within(cmd: Command, stdin: &[u8], limit: Duration) -> Run {
+    Run::from(output_within(cmd, stdin, limit))
+}
+
+/// [`run_cmd_within`], returning the raw output (for binary stdout).
+pub fn output_within(cmd: Command, stdin: &[u8], limit: Duration) -> Output {
+    communicate_within(cmd, stdin, Stdio::piped(), limit)
 }
 
 /// Runs a prepared command with `stdin`.
