@@ -1,12 +1,13 @@
 //! Packing on other glibc versions. `tests/setup --tests` makes Debian roots with
-//! debootstrap: Debian 11 (glibc 2.31) for x86-64 and i386, Debian 13 (2.41) and Debian
-//! unstable (2.43). In each root the static elfpack (`ELFPACK_STATIC_BIN`, the musl build)
+//! debootstrap: Debian 11 (glibc 2.31) for x86-64 and i386, Debian 12 (2.36) for i386 (this
+//! machine is the 2.36 x86-64 case), Debian 13 (2.41) and Debian unstable (2.43) for
+//! x86-64 (no Debian 13 i386 root: see tests/setup). In each root the static elfpack (`ELFPACK_STATIC_BIN`, the musl build)
 //! packs the root's own programs with the root's own ld.so, as a user of that distribution
 //! would. Each packed file then runs in the root, on this machine, in an empty root, under
 //! qemu-user (also with qemu's Nehalem CPU model for x86-64), under `setarch -R` and as uid
 //! 65534. Its stdout and exit status must equal those of the original program run in the
 //! root with the same arguments, stdin and environment. Two packs of one program are
-//! byte-identical (ignored for the i386 root: a known bug, see below), and in the 2.41 and
+//! byte-identical (ignored for the i386 roots: a known bug, see below), and in the 2.41 and
 //! 2.43 roots malloc's tcache key, the stack-protector canary and the pointer guard of a
 //! packed program differ from one run to the next.
 //!
@@ -339,6 +340,11 @@ fn debian_11_glibc_2_31_i386() {
 }
 
 #[test]
+fn debian_12_glibc_2_36_i386() {
+    matrix("bookworm-i386", Arch::I386);
+}
+
+#[test]
 fn debian_13_glibc_2_41_x86_64() {
     matrix("trixie-amd64", Arch::X86_64);
 }
@@ -391,6 +397,15 @@ fn debian_11_x86_64_two_packs_are_identical() {
 #[ignore = "known bug: the high half of a 64-bit TSC reading in glibc 2.31 i386 ld.so data survives normalisation"]
 fn debian_11_i386_two_packs_are_identical() {
     two_packs("bullseye-i386");
+}
+
+/// Fails for the same reason as `debian_11_i386_two_packs_are_identical`: in two packs made
+/// 2 s apart, the 4 bytes at file offset 0x4cb64 were 0x1998 then 0x1999, after 4 zeroed
+/// bytes; 0x1999 << 32 cycles at this machine's 2596 MHz TSC is its uptime (10842 s).
+#[test]
+#[ignore = "known bug: the high half of a 64-bit TSC reading in glibc 2.36 i386 ld.so data survives normalisation"]
+fn debian_12_i386_two_packs_are_identical() {
+    two_packs("bookworm-i386");
 }
 
 #[test]
