@@ -2,7 +2,8 @@
 //! run, printed as ratios. `cargo bench -p elfpack-tests` runs it in full; the test suite
 //! runs it with `Config::smoke()` so that it cannot rot.
 use crate::Timed;
-use crate::{elfpack, fixture, scratch};
+use crate::{cache_dir, elfpack, fixture, require, run_cmd_within, scratch, test_env, Run};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +19,19 @@ pub struct Config {
     pub memcpy_rounds: u64,
     /// Bytes hashed and sorted for the CPU-level comparison.
     pub level_bytes: usize,
+    /// Debian roots of `tests/setup --tests` (other glibc versions) in which programs are
+    /// packed and timed, besides this machine.
+    pub roots: Vec<&'static str>,
 }
+
+/// Every Debian root `tests/setup --tests` makes, oldest glibc first.
+pub const ROOTS: [&str; 5] = [
+    "bullseye-amd64",
+    "bullseye-i386",
+    "bookworm-i386",
+    "trixie-amd64",
+    "sid-amd64",
+];
 
 impl Config {
     pub fn full() -> Config {
@@ -28,6 +41,7 @@ impl Config {
             vdso_calls: 10_000_000,
             memcpy_rounds: 200,
             level_bytes: 100 << 20,
+            roots: ROOTS.to_vec(),
         }
     }
     pub fn smoke() -> Config {
@@ -37,6 +51,7 @@ impl Config {
             vdso_calls: 10_000,
             memcpy_rounds: 2,
             level_bytes: 1 << 20,
+            roots: vec!["bullseye-i386"],
         }
     }
 }
@@ -95,7 +110,14 @@ fn mapped_files(prog: &Path, env: &[(&str, String)]) -> Vec<PathBuf> {
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output_t();
     let mut v = vec![prog.to_path_buf()];
-    for line in String::from_utf8_lossy(&o.stdout).lines() {
+    v.extend(ldd_paths(&String::from_utf8_lossy(&o.stdout)));
+    v
+}
+
+/// The files (libraries and ld.so) named in `ldd`'s output.
+fn ldd_paths(text: &str) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for line in text.lines() {
         let path = line
             .split("=>")
             .nth(1)
@@ -199,6 +221,257 @@ fn programs() -> Vec<Program> {
     v
 }
 
+/// The timer of the per-glibc start-up table, compiled by each root's own gcc (and by this
+/// machine's for the host row): `timer RUNS ORIGINAL PACKED [ARGS...]` forks, execs and
+/// waits for the two programs in turn, RUNS times each after one unmeasured run of each,
+/// the first of the pair alternating; prints `o NS` and `p NS`, one line per run. Run in
+/// the root, it times the programs as a user of that distribution starts them, with
+/// neither chroot nor unshare in the measured time.
+const TIMER_C: &str = r#"#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+static long long run(char **argv) {
+    struct timespec a, b;
+    int st = 0;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    pid_t p = fork();
+    if (p == 0) {
+        int fd = open("/dev/null", O_RDWR);
+        dup2(fd, 0);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    if (p < 0 || waitpid(p, &st, 0) != p || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "%s failed: status %#x\n", argv[0], st);
+        exit(1);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    return (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
+}
+int main(int argc, char **argv) {
+    if (argc < 4) return 2;
+    int n = atoi(argv[1]);
+    char *prog[2] = {argv[2], argv[3]}, **args = argv + 3;
+    for (int i = -1; i < n; i++)
+        for (int j = 0; j < 2; j++) {
+            int k = (i & 1) ? 1 - j : j;
+            args[0] = prog[k];
+            long long t = run(args);
+            if (i >= 0) printf("%c %lld\n", k ? 'p' : 'o', t);
+        }
+    return 0;
+}
+"#;
+
+/// Deadline of one command in a root (a pack runs the program twice under ptrace).
+const ROOT_LIMIT: Duration = Duration::from_secs(300);
+
+/// The static elfpack (the musl build), which runs in every root: `ELFPACK_STATIC_BIN`,
+/// else the musl build in this workspace.
+fn static_elfpack() -> PathBuf {
+    let p = std::env::var_os("ELFPACK_STATIC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/x86_64-unknown-linux-musl/release/elfpack")
+        });
+    assert!(
+        p.is_file(),
+        "static elfpack {} missing (cargo build --release --target x86_64-unknown-linux-musl -p elfpack, or set ELFPACK_STATIC_BIN)",
+        p.display()
+    );
+    p
+}
+
+/// Where the programs of one row group of the per-glibc table run: a Debian root of
+/// `tests/setup --tests` (chrooted, /proc mounted in a mount namespace of its own, as
+/// tests/e2e/glibc.rs does), or this machine.
+struct Place {
+    name: String,
+    /// The root; None for this machine.
+    root: Option<PathBuf>,
+    /// The work directory (under the root's /tmp); removed on drop.
+    work: tempfile::TempDir,
+}
+
+impl Place {
+    fn root(name: &str) -> Place {
+        let dir = cache_dir().join("roots").join(name);
+        assert!(
+            dir.join(".complete").exists(),
+            "Debian root {} missing (tests/setup --tests makes it)",
+            dir.display()
+        );
+        let work = tempfile::Builder::new()
+            .prefix("elfpack-bench-")
+            .tempdir_in(dir.join("tmp"))
+            .unwrap();
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let place = Place {
+            name: name.to_string(),
+            root: Some(dir),
+            work,
+        };
+        std::fs::copy(static_elfpack(), place.host("elfpack")).unwrap();
+        std::fs::set_permissions(
+            place.host("elfpack"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        place
+    }
+
+    fn this_machine() -> Place {
+        Place {
+            name: "this machine".into(),
+            root: None,
+            work: scratch(),
+        }
+    }
+
+    /// `file` of the work directory, as the programs that run there see it.
+    fn inside(&self, file: &str) -> String {
+        match self.root {
+            Some(_) => format!(
+                "/tmp/{}/{file}",
+                self.work.path().file_name().unwrap().to_str().unwrap()
+            ),
+            None => self.host(file).display().to_string(),
+        }
+    }
+
+    /// `file` of the work directory, as a path on this machine.
+    fn host(&self, file: &str) -> PathBuf {
+        self.work.path().join(file)
+    }
+
+    /// Runs `argv` there with the tests' environment; asserts success.
+    fn run<S: AsRef<std::ffi::OsStr>>(&self, argv: &[S]) -> Run {
+        let mut c = match &self.root {
+            Some(dir) => {
+                let mut c = Command::new(require("unshare"));
+                c.args(["--mount", "--propagation", "private"])
+                    .arg(format!("--mount-proc={}", dir.join("proc").display()))
+                    .arg(require("chroot"))
+                    .arg(dir)
+                    .args(argv);
+                c
+            }
+            None => {
+                let mut c = Command::new(argv[0].as_ref());
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        c.env_clear().envs(test_env());
+        let what = format!("{}: {c:?}", self.name);
+        let r = run_cmd_within(c, b"", ROOT_LIMIT);
+        assert_eq!(r.code, Some(0), "{what}: {}", r.stderr);
+        r
+    }
+
+    /// The glibc version, from `ldd --version`.
+    fn glibc(&self) -> String {
+        let r = self.run(&["ldd", "--version"]);
+        let first = r.stdout.lines().next().unwrap_or("").to_string();
+        first.rsplit(' ').next().unwrap_or("?").to_string()
+    }
+}
+
+/// Packs a few programs of each root inside the root with the static elfpack (as
+/// tests/e2e/glibc.rs does; on this machine with the normal build) and times the original
+/// and the packed file there, interleaved. Returns the table's rows.
+fn startup_per_glibc(cfg: &Config) -> String {
+    let mut rows = String::new();
+    let places = std::iter::once(None).chain(cfg.roots.iter().map(Some));
+    for which in places {
+        let place = match which {
+            None => Place::this_machine(),
+            Some(name) => Place::root(name),
+        };
+        let (arch, label) = match which {
+            None => ("x86-64", "this machine (Debian 12)".to_string()),
+            Some(name) => (
+                if name.ends_with("-i386") {
+                    "i386"
+                } else {
+                    "x86-64"
+                },
+                format!("`{name}` root"),
+            ),
+        };
+        let glibc = place.glibc();
+        std::fs::write(place.host("timer.c"), TIMER_C).unwrap();
+        place.run(&[
+            "gcc".to_string(),
+            "-O2".into(),
+            "-o".into(),
+            place.inside("timer"),
+            place.inside("timer.c"),
+        ]);
+        for (name, prog) in [
+            ("sort", "/usr/bin/sort"),
+            ("bash", "/bin/bash"),
+            ("sqlite3", "/usr/bin/sqlite3"),
+            ("python3", "/usr/bin/python3"),
+            ("curl", "/usr/bin/curl"),
+        ] {
+            if which.is_none() && !Path::new(prog).exists() {
+                continue;
+            }
+            let packed = place.inside(&format!("{name}.packed"));
+            match which {
+                None => {
+                    pack(Path::new(prog), Path::new(&packed), &[]);
+                }
+                Some(_) => {
+                    place.run(&[&place.inside("elfpack"), "build", prog, "-o", &packed, "-q"]);
+                }
+            }
+            let libs = ldd_paths(&place.run(&["ldd", prog]).stdout).len();
+            let r = place.run(&[
+                place.inside("timer"),
+                cfg.runs.to_string(),
+                prog.to_string(),
+                packed,
+                "--version".into(),
+            ]);
+            let times = |k: &str| -> Vec<f64> {
+                r.stdout
+                    .lines()
+                    .filter_map(|l| l.strip_prefix(k))
+                    .map(|t| t.trim().parse::<f64>().unwrap() / 1e9)
+                    .collect()
+            };
+            let (o, p) = (times("o "), times("p "));
+            assert!(
+                o.len() == cfg.runs && p.len() == cfg.runs,
+                "{}: timer output: {}",
+                place.name,
+                r.stdout
+            );
+            let (so, sp) = (stats(o), stats(p));
+            rows += &format!(
+                "| {label} | {glibc} | {arch} | {name} | {} | {:.2} ({:.2}–{:.2}) | {:.2} ({:.2}–{:.2}) | {:.2} |\n",
+                libs,
+                so.median * 1e3,
+                so.p10 * 1e3,
+                so.p90 * 1e3,
+                sp.median * 1e3,
+                sp.p10 * 1e3,
+                sp.p90 * 1e3,
+                sp.median / so.median
+            );
+        }
+    }
+    rows
+}
+
 /// Runs the benchmark; returns the report (a Markdown table per measurement).
 pub fn run(cfg: &Config) -> String {
     let dir = scratch();
@@ -292,6 +565,11 @@ pub fn run(cfg: &Config) -> String {
         st.p10 * 1e3,
         st.p90 * 1e3
     );
+
+    out += "### Start-up per glibc (`PROGRAM --version` packed in a Debian root, timed there by a fork-exec-wait loop; median over interleaved runs)\n\n";
+    out += "| where | glibc | arch | program | libs | original ms (p10–p90) | packed ms (p10–p90) | packed ÷ original |\n|---|---|---|---|---|---|---|---|\n";
+    out += &startup_per_glibc(cfg);
+    out += "\n";
 
     out += "### Packing time (`elfpack build` ÷ one run of the program + `cp` of its mapped files)\n\n";
     out += "| program | elfpack build ms | reference ms | ratio |\n|---|---|---|---|\n";
