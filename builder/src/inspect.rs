@@ -185,7 +185,7 @@ pub fn render(path: &Path, meta: &Meta, file_size: u64, json: bool) -> String {
 
 pub fn run(path: &Path, json: bool) -> Result<()> {
     let (meta, size) = read(path)?;
-    crate::print_stdout(render(path, &meta, size, json).as_bytes())
+    crate::report::print_stdout(render(path, &meta, size, json).as_bytes())
 }
 
 #[cfg(test)]
