@@ -179,3 +179,42 @@ pub fn man() -> Result<()> {
         .map_err(|e| other!("writing the manual page: {e}"))
         .and_then(|()| print_stdout(&page))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_args(args: &[&str]) -> BuildArgs {
+        let argv = ["elfpack", "build"].iter().chain(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Build(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn options_and_verbosity() {
+        let a = build_args(&["prog", "-o", "out", "--env", "A=b=c", "-q", "--", "x"]);
+        let (o, v) = a.options();
+        assert_eq!(o.env, [("A".to_string(), "b=c".to_string())]);
+        assert_eq!(o.args, [OsString::from("x")]);
+        assert_eq!(o.timeout, Duration::from_secs(10));
+        assert_eq!(v, Verbosity::Quiet);
+        assert_eq!(
+            build_args(&["p", "-o", "o", "-v"]).options().1,
+            Verbosity::Verbose
+        );
+        assert_eq!(build_args(&["p", "-o", "o"]).options().1, Verbosity::Normal);
+    }
+
+    #[test]
+    fn option_values_are_checked() {
+        assert!(parse_env("=v").is_err());
+        assert!(parse_env("K").is_err());
+        assert_eq!(parse_env("K=").unwrap(), ("K".into(), String::new()));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("inf").is_err());
+        assert!(parse_timeout("x").is_err());
+        assert_eq!(parse_timeout(" 1.5 ").unwrap(), Duration::from_millis(1500));
+    }
+}

@@ -58,3 +58,34 @@ impl fmt::Display for Warning {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Warning;
+
+    #[test]
+    fn capture_remarks_are_sorted_by_kind() {
+        let handover = "ld.so returned 0x1 from _dl_start, not the program entry 0x2: this is not glibc's handover; capturing at the program entry instead (initializers ran at capture and do not run again)";
+        let w = Warning::from_capture(handover.into());
+        assert_eq!(w, Warning::NotHandover(handover.into()));
+        assert!(w.is_warning() && w.is_capture());
+        assert_eq!(w.to_string(), handover);
+        let w = Warning::from_capture("mmap placed 0x1000 bytes at 0x2000, not at 0x3000".into());
+        assert!(matches!(w, Warning::Capture(_)) && !w.is_warning() && w.is_capture());
+    }
+
+    #[test]
+    fn texts() {
+        assert_eq!(
+            Warning::TunablesDropped(vec!["MALLOC_ARENA_MAX".into(), "GLIBC_TUNABLES".into()])
+                .to_string(),
+            "captured without MALLOC_ARENA_MAX, GLIBC_TUNABLES from this environment (read once at start-up, they would hold in every run; set them with --env)"
+        );
+        let w = Warning::UnknownLoader("/lib/ld.so".into());
+        assert!(w.is_warning() && !w.is_capture());
+        assert_eq!(
+            w.to_string(),
+            "/lib/ld.so is not glibc 2.36's ld.so: if the packed file is made setuid, it removes glibc 2.36's list of unsecure variables, not this loader's"
+        );
+    }
+}
