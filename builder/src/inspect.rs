@@ -96,8 +96,19 @@ pub fn render(path: &Path, meta: &Meta, file_size: u64, json: bool) -> String {
         o.push('\n');
         return o;
     }
+    describe(&mut o, path, meta);
+    contents(&mut o, meta, file_size);
+    o
+}
+
+/// `-` for an unknown build ID.
+fn id(b: &Option<String>) -> String {
+    b.as_deref().map_or_else(|| "-".into(), escape)
+}
+
+/// The text's first part: versions, CPU level, program, capture, resume point, tunables.
+fn describe(o: &mut String, path: &Path, m: &Meta) {
     let e = escape;
-    let m = meta;
     let _ = writeln!(
         o,
         "{}: packed by elfpack {} (format {})",
@@ -114,7 +125,6 @@ pub fn render(path: &Path, meta: &Meta, file_size: u64, json: bool) -> String {
         needs.join(", ")
     );
     let _ = writeln!(o, "runs on: Linux {} or later", e(&m.min_kernel));
-    let id = |b: &Option<String>| b.as_deref().map_or_else(|| "-".into(), e);
     let _ = writeln!(
         o,
         "program: {} (build-id {})",
@@ -151,6 +161,11 @@ pub fn render(path: &Path, meta: &Meta, file_size: u64, json: bool) -> String {
             tunables.join(" ")
         }
     );
+}
+
+/// The text's second part: libraries, regions, sizes.
+fn contents(o: &mut String, m: &Meta, file_size: u64) {
+    let e = escape;
     let _ = writeln!(o, "libraries:");
     for l in &m.libraries {
         let _ = writeln!(
@@ -180,12 +195,11 @@ pub fn render(path: &Path, meta: &Meta, file_size: u64, json: bool) -> String {
         "sizes: file {file_size}, stored {}, zero-filled {}, {} segments, stub {}, {} symbols",
         m.sizes.stored, m.sizes.zero, m.sizes.segments, m.sizes.stub, m.sizes.symbols
     );
-    o
 }
 
 pub fn run(path: &Path, json: bool) -> Result<()> {
     let (meta, size) = read(path)?;
-    crate::print_stdout(render(path, &meta, size, json).as_bytes())
+    crate::report::print_stdout(render(path, &meta, size, json).as_bytes())
 }
 
 #[cfg(test)]

@@ -124,7 +124,7 @@ impl Blob {
             self.bytes.push(0);
         }
     }
-    fn table<T: abi::Plain>(&mut self, items: &[T]) -> Table {
+    fn table<T: bytemuck::Pod>(&mut self, items: &[T]) -> Table {
         self.align();
         let offset = self.bytes.len() as u64;
         for it in items {

@@ -3,6 +3,13 @@
 //! Every field is a little-endian `u64` or `u32` at a fixed offset, the same on i386 and
 //! x86-64, so the builder (always 64-bit) writes exactly what the 32-bit stub reads. Table
 //! offsets are relative to the start of the descriptor.
+//!
+//! Each record derives [`bytemuck::Pod`]: `#[repr(C)]`, integers only, no padding (the
+//! derive checks it), so the builder writes one with [`bytes_of`] and the stub reads it in
+//! place.
+use bytemuck::{Pod, Zeroable};
+
+pub use bytemuck::bytes_of;
 
 /// First bytes of every descriptor.
 pub const MAGIC: [u8; 8] = *b"ELFPACK\0";
@@ -15,7 +22,7 @@ pub const ARCH_I386: u32 = 3;
 
 /// A table inside the descriptor blob.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Table {
     /// Byte offset from the start of the descriptor.
     pub offset: u64,
@@ -26,7 +33,7 @@ pub struct Table {
 /// The thread pointer as ld.so set it up: `fs_base` on x86-64; on i386 the GDT entry
 /// installed by `set_thread_area` and the `%gs` selector that refers to it.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Tls {
     pub base: u64,
     pub limit: u32,
@@ -41,7 +48,7 @@ pub struct Tls {
 /// Per-thread kernel registrations that ld.so made before the snapshot point and that a new
 /// process lacks. Zero addresses mean "was not registered".
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Registrations {
     /// Argument of `set_tid_address`: up to glibc 2.41 `&pd->tid`; since 2.42
     /// `&pd->joinstate`, which the kernel clears when the thread exits (glibc commit
@@ -59,7 +66,7 @@ pub struct Registrations {
 
 /// Values for `prctl(PR_SET_MM, PR_SET_MM_MAP)` that the builder knows in advance.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct MmLayout {
     pub start_code: u64,
     pub end_code: u64,
@@ -73,7 +80,7 @@ pub struct MmLayout {
 
 /// The descriptor header.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Descriptor {
     pub magic: [u8; 8],
     pub version: u32,
@@ -192,7 +199,7 @@ pub mod fixup_kind {
 
 /// One word of the image to rewrite at restore.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Fixup {
     pub addr: u64,
     pub kind: u32,
@@ -256,7 +263,7 @@ pub mod vdso_fn {
 
 /// A slot (one native word) that the proxy jumps through.
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct VdsoSlot {
     pub slot: u64,
     pub func: u32,
@@ -268,7 +275,7 @@ pub struct VdsoSlot {
 /// read-only pages. `prot` [`PROT_UNMAP`] means the range is not part of the image and is
 /// unmapped (`munmap`).
 #[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Protect {
     pub addr: u64,
     pub len: u64,
@@ -320,33 +327,28 @@ const _: () = assert!(core::mem::size_of::<VdsoSlot>() == 16);
 const _: () = assert!(core::mem::size_of::<Protect>() == 24);
 const _: () = assert!(DESCRIPTOR_SIZE.is_multiple_of(8));
 
-/// Plain-data types of this module: `#[repr(C)]`, made of integers only, with no padding
-/// (their sizes equal the sum of their fields, see the assertions above).
-///
-/// # Safety
-/// Implement only for such types.
-pub unsafe trait Plain: Copy {}
-// SAFETY: repr(C), integers only, no padding (size assertion above).
-unsafe impl Plain for Descriptor {}
-// SAFETY: repr(C), integers only, no padding (size assertion above).
-unsafe impl Plain for Fixup {}
-// SAFETY: repr(C), integers only, no padding (size assertion above).
-unsafe impl Plain for VdsoSlot {}
-// SAFETY: repr(C), integers only, no padding (size assertion above).
-unsafe impl Plain for Protect {}
-
-/// The bytes of a plain-data value, for writing it into a packed file.
-pub fn bytes_of<T: Plain>(v: &T) -> &[u8] {
-    // SAFETY: `T: Plain` has no padding, so all its bytes are initialised.
-    unsafe { core::slice::from_raw_parts(v as *const T as *const u8, core::mem::size_of::<T>()) }
-}
-
 const _: () = assert!(core::mem::size_of::<Tls>() == 8 + 4 * 4);
 const _: () = assert!(core::mem::size_of::<Registrations>() == 5 * 8 + 2 * 4);
 const _: () = assert!(core::mem::size_of::<MmLayout>() == 6 * 8);
-const _: () = assert!(
-    DESCRIPTOR_SIZE == 8 + 4 + 4 + 6 * 8 + 24 + 48 + 48 + 8 + 8 + 4 * 16 + 8 + 2 * 8 + 8 + 2 * 4
-);
+const _: () = {
+    use core::mem::size_of;
+    assert!(
+        DESCRIPTOR_SIZE
+            == 8 + 4
+                + 4
+                + 6 * 8
+                + size_of::<Tls>()
+                + size_of::<Registrations>()
+                + size_of::<MmLayout>()
+                + 8
+                + 8
+                + 4 * size_of::<Table>()
+                + 8
+                + 2 * 8
+                + 8
+                + 2 * 4
+    )
+};
 
 #[cfg(test)]
 mod tests {

@@ -70,7 +70,7 @@ pub fn restore_brk_and_ranges(d: &Descriptor, st: &InitialStack) -> bool {
             PR_SET_MM,
             PR_SET_MM_MAP as usize,
             &map as *const MmMap as usize,
-            104,
+            const { core::mem::size_of::<MmMap>() },
             0,
         )
     };

@@ -127,7 +127,7 @@ mod tests {
             .unwrap();
         for (i, s) in elf.dynsyms.iter().enumerate() {
             if elf.dynstrtab.get_at(s.st_name) == Some(name) {
-                let off = shdr.sh_offset as usize + i * 24;
+                let off = shdr.sh_offset as usize + i * goblin::elf::sym::sym64::SIZEOF_SYM;
                 let name_off =
                     elf.section_headers[shdr.sh_link as usize].sh_offset as usize + s.st_name;
                 return (off + 8, name_off);

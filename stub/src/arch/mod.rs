@@ -1,5 +1,6 @@
 //! Per-architecture code. Each module provides the same items: `_start`, `syscall6`,
-//! `use_vsyscall`, `set_thread_pointer`, `resume`, `vdso_fallback`, `cpuid`, `xgetbv0`.
+//! `use_vsyscall`, `set_thread_pointer`, `resume`, `vdso_fallback`; the two share `cpuid`
+//! and `xgetbv0`, written once in `cpuid.rs`. Nothing outside `arch` contains assembly.
 
 #[cfg(target_arch = "x86")]
 mod x86;

@@ -176,18 +176,5 @@ pub fn vdso_fallback(func: u32, _st: &crate::stack::InitialStack) -> Option<usiz
 /// `sysdeps/unix/sysv/linux/x86/dl-minsigstacksize.h`).
 pub const SIGFRAME_SIZE: u32 = 440 + 8;
 
-/// `cpuid` leaf/subleaf → (eax, ebx, ecx, edx).
-pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
-    // cpuid exists on every x86-64 CPU (AMD64 APM vol. 3, "CPUID").
-    let r = core::arch::x86_64::__cpuid_count(leaf, sub);
-    (r.eax, r.ebx, r.ecx, r.edx)
-}
-
-/// `xgetbv(0)`, the OS-enabled state components; only valid when OSXSAVE is set.
-pub fn xgetbv0() -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: the caller checked CPUID.1:ECX.OSXSAVE, which makes XGETBV legal (Intel SDM
-    // vol. 2, "XGETBV").
-    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
-    (u64::from(hi) << 32) | u64::from(lo)
-}
+use core::arch::x86_64::__cpuid_count;
+include!("cpuid.rs");

@@ -1,0 +1,107 @@
+//! The checks around the capture: OUTPUT can be written (before), and what `--include`
+//! asked for was loaded, with no sanitizer runtime (after).
+use crate::error::{unpackable, Error, Result};
+use crate::{files, image, linkmap, output, program};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// After capture: every `--include` is loaded (ld.so ignores a preload it cannot use,
+/// with a message, and goes on), and one given by name is in ld.so's link map under that
+/// name or as its soname, which a later `dlopen` of the name matches; no loaded object
+/// brings a sanitizer runtime.
+pub fn check_loaded(image: &image::Image, includes: &[(OsString, PathBuf)]) -> Result<()> {
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let entries = linkmap::read_entries(image);
+    for (name, path) in includes {
+        let shown = Path::new(name).display();
+        let want = id(path);
+        let loaded = want.is_some() && image.objects.iter().any(|o| id(&o.path) == want);
+        let by_name = !name.as_bytes().contains(&b'/');
+        if by_name {
+            if let Some(entries) = &entries {
+                let known = entries.iter().any(|e| {
+                    e.names.iter().any(|n| n.as_bytes() == name.as_bytes())
+                        || program::soname(&e.path).is_some_and(|s| s.as_bytes() == name.as_bytes())
+                });
+                if known {
+                    continue;
+                }
+                if loaded {
+                    return Err(Error::Capture(format!(
+                        "--include {shown}: ld.so loaded {} but not under that name, so a later dlopen of it would look for it on the file system",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        if !loaded {
+            return Err(Error::Capture(format!(
+                "--include {shown}: ld.so did not load {}",
+                path.display()
+            )));
+        }
+    }
+    check_no_sanitizer(image)
+}
+
+/// No loaded object brings a sanitizer runtime.
+fn check_no_sanitizer(image: &image::Image) -> Result<()> {
+    for o in &image.objects {
+        let Ok(bytes) = files::map(&o.path) else {
+            continue;
+        };
+        if let Some(name) = goblin::elf::Elf::parse(&bytes)
+            .ok()
+            .and_then(|e| program::sanitizer(&e))
+        {
+            return Err(program::sanitizer_error(
+                &o.path.display().to_string(),
+                name,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an OUTPUT that is the program itself or cannot be written, before capturing.
+/// Returns the directory OUTPUT goes into.
+pub fn check_output(output: &Path, program: &Path) -> Result<PathBuf> {
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if output.as_os_str().is_empty() || output.file_name().is_none() {
+        return Err(unpackable!("{}: not a file name", output.display()));
+    }
+    if let (Ok(o), Ok(p)) = (std::fs::metadata(output), std::fs::metadata(program)) {
+        if o.dev() == p.dev() && o.ino() == p.ino() {
+            return Err(unpackable!(
+                "{}: OUTPUT is the program itself; choose another name",
+                output.display()
+            ));
+        }
+        if o.is_dir() {
+            return Err(unpackable!("{}: is a directory", output.display()));
+        }
+    }
+    // OUTPUT is replaced by a rename: never a device, FIFO or socket that happens to be
+    // there.
+    if let Ok(o) = std::fs::symlink_metadata(output) {
+        if !o.is_file() && !o.is_symlink() && !o.is_dir() {
+            return Err(unpackable!(
+                "{}: exists and is not a regular file",
+                output.display()
+            ));
+        }
+    }
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(unpackable!("{}: not a directory", dir.display())),
+        Err(e) => return Err(unpackable!("{}: {}", dir.display(), program::io_reason(&e))),
+    }
+    // Probe writability with the same kind of file the final write uses.
+    output::probe(&dir)?;
+    Ok(dir)
+}

@@ -1,0 +1,91 @@
+//! What `elfpack build` has to say besides errors: typed, so that the report decides what
+//! to show at which verbosity, and with the text each one has always had.
+use std::fmt;
+use std::path::PathBuf;
+
+/// A warning or a note about a build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Warning {
+    /// Tunable variables of elfpack's own environment that the capture runs without (only
+    /// `--env` sets those). A note, said before the capture.
+    TunablesDropped(Vec<String>),
+    /// ld.so's `_dl_start` did not return the program's entry point, so the capture was
+    /// made there instead (the capture's text).
+    NotHandover(String),
+    /// Another remark of the capture (the capture's text), a note for `-v`.
+    Capture(String),
+    /// The loader is not glibc 2.36's ld.so, whose list of unsecure variables the stub
+    /// removes in a secure run.
+    UnknownLoader(PathBuf),
+}
+
+impl Warning {
+    /// A remark of the capture. The capture states them as text; the one about glibc's
+    /// handover is the one said without `-v`.
+    pub fn from_capture(text: String) -> Warning {
+        if text.contains("not glibc's handover") {
+            Warning::NotHandover(text)
+        } else {
+            Warning::Capture(text)
+        }
+    }
+
+    /// Whether it is said as a warning (unless `-q`) rather than only as a note.
+    pub fn is_warning(&self) -> bool {
+        matches!(self, Warning::NotHandover(_) | Warning::UnknownLoader(_))
+    }
+
+    /// Whether it comes from the capture (said again as a note with `-v`).
+    pub fn is_capture(&self) -> bool {
+        matches!(self, Warning::NotHandover(_) | Warning::Capture(_))
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::TunablesDropped(names) => write!(
+                f,
+                "captured without {} from this environment (read once at start-up, they would hold in every run; set them with --env)",
+                names.join(", ")
+            ),
+            Warning::NotHandover(text) | Warning::Capture(text) => f.write_str(text),
+            Warning::UnknownLoader(interp) => write!(
+                f,
+                "{} is not glibc 2.36's ld.so: if the packed file is made setuid, it removes glibc 2.36's list of unsecure variables, not this loader's",
+                interp.display()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Warning;
+
+    #[test]
+    fn capture_remarks_are_sorted_by_kind() {
+        let handover = "ld.so returned 0x1 from _dl_start, not the program entry 0x2: this is not glibc's handover; capturing at the program entry instead (initializers ran at capture and do not run again)";
+        let w = Warning::from_capture(handover.into());
+        assert_eq!(w, Warning::NotHandover(handover.into()));
+        assert!(w.is_warning() && w.is_capture());
+        assert_eq!(w.to_string(), handover);
+        let w = Warning::from_capture("mmap placed 0x1000 bytes at 0x2000, not at 0x3000".into());
+        assert!(matches!(w, Warning::Capture(_)) && !w.is_warning() && w.is_capture());
+    }
+
+    #[test]
+    fn texts() {
+        assert_eq!(
+            Warning::TunablesDropped(vec!["MALLOC_ARENA_MAX".into(), "GLIBC_TUNABLES".into()])
+                .to_string(),
+            "captured without MALLOC_ARENA_MAX, GLIBC_TUNABLES from this environment (read once at start-up, they would hold in every run; set them with --env)"
+        );
+        let w = Warning::UnknownLoader("/lib/ld.so".into());
+        assert!(w.is_warning() && !w.is_capture());
+        assert_eq!(
+            w.to_string(),
+            "/lib/ld.so is not glibc 2.36's ld.so: if the packed file is made setuid, it removes glibc 2.36's list of unsecure variables, not this loader's"
+        );
+    }
+}
