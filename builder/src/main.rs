@@ -4,6 +4,7 @@
 //! Data flows one way: PROGRAM → [`capture`] (ptrace, /proc) → [`image`] (plain data) →
 //! [`fixups`] and [`vdso`] (what the stub must redo per run) → [`writer`] (ELF bytes, with
 //! the stub from [`stub_blob`]) → OUTPUT.
+mod arch;
 mod capture;
 mod cpu;
 mod error;

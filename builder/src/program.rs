@@ -13,24 +13,16 @@ pub enum Arch {
     I386,
 }
 
+/// The facts about each architecture are in [`crate::arch::ArchSpec`].
 impl Arch {
     pub fn word(self) -> usize {
-        match self {
-            Arch::X86_64 => 8,
-            Arch::I386 => 4,
-        }
+        self.spec().word
     }
     pub fn name(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86-64",
-            Arch::I386 => "i386",
-        }
+        self.spec().name
     }
     pub fn e_machine(self) -> u16 {
-        match self {
-            Arch::X86_64 => header::EM_X86_64,
-            Arch::I386 => header::EM_386,
-        }
+        self.spec().e_machine
     }
 }
 
@@ -265,11 +257,7 @@ pub fn io_reason(e: &std::io::Error) -> String {
 /// (`ld.so-1.7.0`) or unreadable cache gives nothing.
 pub fn ld_so_cache(cache: &Path, soname: &OsStr, arch: Arch) -> Vec<PathBuf> {
     const MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
-    // FLAG_ELF_LIBC6, and FLAG_X8664_LIB64 for x86-64 (none for i386).
-    let want_flags = match arch {
-        Arch::X86_64 => 0x0303,
-        Arch::I386 => 0x0003,
-    };
+    let want_flags = arch.spec().ld_cache_flags;
     let Ok(bytes) = crate::files::map(cache) else {
         return Vec::new();
     };
@@ -328,7 +316,7 @@ pub fn find_library(
             .and_then(|b| {
                 // Class and machine: an x32 library is EM_X86_64 too, but 32-bit.
                 Elf::parse(&b).ok().map(|e| {
-                    e.header.e_machine == arch.e_machine() && e.is_64 == (arch == Arch::X86_64)
+                    e.header.e_machine == arch.e_machine() && e.is_64 == arch.spec().is64()
                 })
             })
             .unwrap_or(false)
@@ -357,24 +345,7 @@ pub fn find_library(
     }
     candidates.extend(ld_so_cache(Path::new("/etc/ld.so.cache"), name, arch));
     let searched_by_ld_so = candidates.len();
-    let defaults: &[&str] = match arch {
-        Arch::X86_64 => &[
-            "/lib/x86_64-linux-gnu",
-            "/usr/lib/x86_64-linux-gnu",
-            "/lib64",
-            "/usr/lib64",
-            "/lib",
-            "/usr/lib",
-        ],
-        Arch::I386 => &[
-            "/lib/i386-linux-gnu",
-            "/usr/lib/i386-linux-gnu",
-            "/lib32",
-            "/usr/lib32",
-            "/lib",
-            "/usr/lib",
-        ],
-    };
+    let defaults = arch.spec().lib_dirs;
     candidates.extend(defaults.iter().map(|d| Path::new(d).join(name)));
     candidates
         .into_iter()

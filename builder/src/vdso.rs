@@ -3,7 +3,6 @@
 //! indirect jump through a slot that the stub fills at every start.
 use crate::error::{other, Result};
 use crate::image::{Image, VdsoEntry};
-use crate::program::Arch;
 use elfpack_stub::abi::vdso_fn;
 use goblin::elf::{sym, Elf};
 
@@ -51,18 +50,7 @@ pub fn find_entries(image: &mut Image) -> Result<Vec<String>> {
 /// Writes the jump through `slot` at each entry of the proxy.
 pub fn patch(image: &mut Image, slots: &[(u64, u64)]) -> Result<()> {
     for &(entry, slot) in slots {
-        let code: Vec<u8> = match image.arch {
-            // jmp *disp32(%rip)
-            Arch::X86_64 => {
-                let disp = slot as i64 - (entry as i64 + 6);
-                let disp = i32::try_from(disp).map_err(|_| {
-                    other!("vDSO slot {slot:#x} out of reach of the proxy entry {entry:#x}")
-                })?;
-                [&[0xff, 0x25][..], &disp.to_le_bytes()].concat()
-            }
-            // jmp *abs32
-            Arch::I386 => [&[0xff, 0x25][..], &(slot as u32).to_le_bytes()].concat(),
-        };
+        let code = image.arch.spec().proxy_jump(entry, slot)?;
         if !image.write_bytes(entry, &code) {
             return Err(other!("cannot patch the vDSO proxy at {entry:#x}"));
         }

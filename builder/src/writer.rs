@@ -5,13 +5,13 @@
 //! zero pages, which become zero-fill segments that take no file space. The stub and the
 //! descriptor follow at an address no region uses. The output depends only on the image,
 //! so equal images give byte-identical files.
+use crate::arch::{ElfSizes, StubPlacement};
 use crate::error::{other, Result};
 use crate::image::{Image, PROT_EXEC, PROT_READ, PROT_WRITE};
-use crate::program::Arch;
 use crate::stub_blob;
 use crate::symbols::ImageSymbol;
 use elfpack_stub::abi::{self, bytes_of, Descriptor, Protect, Table, VdsoSlot};
-use goblin::container::{Container, Ctx, Endian};
+use goblin::container::{Ctx, Endian};
 use goblin::elf::program_header::{ProgramHeader, PF_R, PF_W, PF_X, PT_GNU_STACK, PT_LOAD};
 use goblin::elf::Header;
 use scroll::ctx::IntoCtx;
@@ -180,9 +180,9 @@ pub fn write(
         + strings_len
         + 64;
     let total = probe.desc_offset + align_up(blob_estimate as u64, PAGE);
-    let stub_base = match arch {
-        Arch::X86_64 => align_up(hi, 0x10000) + 0x10000,
-        Arch::I386 => {
+    let stub_base = match arch.spec().stub_placement {
+        StubPlacement::Above => align_up(hi, 0x10000) + 0x10000,
+        StubPlacement::Below => {
             let b = (lo.saturating_sub(total + 0x10000)) & !0xffff;
             if b < 0x10000 {
                 return Err(other!("no room below the image for the stub"));
@@ -264,7 +264,9 @@ pub fn write(
     };
     blob.bytes.extend_from_slice(&strings);
     blob.bytes.resize(blob_len_final as usize, 0);
-    if stub.desc_offset + blob_len_final > total && arch == Arch::I386 {
+    if stub.desc_offset + blob_len_final > total
+        && arch.spec().stub_placement == StubPlacement::Below
+    {
         return Err(other!(
             "internal error: the descriptor outgrew the room reserved below the image"
         ));
@@ -327,10 +329,8 @@ pub fn write(
 
     // The file: ELF header and program headers, then each segment's bytes at an offset
     // congruent to its address modulo the page size.
-    let (container, ehsize, phentsize) = match arch {
-        Arch::X86_64 => (Container::Big, 64u64, 56u64),
-        Arch::I386 => (Container::Little, 52, 32),
-    };
+    let sizes = &arch.spec().elf;
+    let (container, ehsize, phentsize) = (sizes.container, sizes.ehdr, sizes.phdr);
     let ctx = Ctx::new(container, Endian::Little);
     let phnum = all.len() as u64 + 1;
     if phnum * phentsize > 65536 {
@@ -410,7 +410,7 @@ pub fn write(
     let tail_at = end;
     let mut out = Vec::new();
     let (shoff, shnum, shstrndx) =
-        append_sections(&mut out, tail_at, ctx, &all, &offsets, symbols, &doc)?;
+        append_sections(&mut out, tail_at, sizes, &all, &offsets, symbols, &doc)?;
     file.write_all_at(&out, tail_at)
         .map_err(|e| other!("writing the output: {e}"))?;
     h.e_shoff = shoff;
@@ -429,7 +429,7 @@ pub fn write(
 fn append_sections(
     out: &mut Vec<u8>,
     base: u64,
-    ctx: Ctx,
+    sizes: &ElfSizes,
     segs: &[Seg],
     offsets: &[u64],
     symbols: &[ImageSymbol],
@@ -440,8 +440,8 @@ fn append_sections(
         SHT_STRTAB, SHT_SYMTAB,
     };
     use goblin::elf::sym::{Sym, STB_GLOBAL, STB_LOCAL};
-    let is64 = ctx.container == Container::Big;
-    let (symsize, shsize) = if is64 { (24usize, 64usize) } else { (16, 40) };
+    let ctx = Ctx::new(sizes.container, Endian::Little);
+    let (symsize, shsize) = (sizes.sym, sizes.shdr);
     let mut shstr: Vec<u8> = vec![0];
     let mut name = |n: &str| {
         let at = shstr.len();

@@ -1,6 +1,7 @@
 //! The traced child: spawning it stopped at its first instruction, waiting for it,
 //! registers, breakpoints, and system calls injected into it. It is always killed and
 //! reaped when dropped.
+use crate::arch::ArchSpec;
 use crate::error::{capture_err, Result};
 use nix::sys::ptrace;
 use nix::sys::signal::{self, Signal};
@@ -224,7 +225,7 @@ impl Tracee {
     /// over it; every register is restored afterwards.
     pub fn inject_syscall(
         &mut self,
-        is64: bool,
+        spec: &ArchSpec,
         insn: u64,
         nr: u64,
         args: [u64; 6],
@@ -234,13 +235,7 @@ impl Tracee {
         r.rip = insn;
         r.rax = nr;
         r.orig_rax = u64::MAX;
-        if is64 {
-            (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) =
-                (args[0], args[1], args[2], args[3], args[4], args[5]);
-        } else {
-            (r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp) =
-                (args[0], args[1], args[2], args[3], args[4], args[5]);
-        }
+        spec.set_args(&mut r, args);
         self.set_regs(r)?;
         ptrace::step(self.pid, None).map_err(|e| capture_err!("ptrace(SINGLESTEP): {e}"))?;
         match self.wait()? {
@@ -251,12 +246,7 @@ impl Tracee {
                 ))
             }
         }
-        let rax = self.regs()?.rax;
-        let ret = if is64 {
-            rax as i64
-        } else {
-            i64::from(rax as u32 as i32)
-        };
+        let ret = spec.ret(self.regs()?.rax);
         self.set_regs(saved)?;
         Ok(ret)
     }
