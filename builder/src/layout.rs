@@ -24,10 +24,24 @@
 //! over its budget, the cheapest merge is made. A merge costs the zero bytes it stores and
 //! the system calls the stub makes at every start; the page-to-call rate below prefers
 //! splitting at big zero runs (bss, reserved ranges) and merging across small ones.
+//!
+//! The [`Layout`] adds where the stub and its descriptor go. Nothing here reads or writes
+//! a file: the layout is a value computed from the image alone.
+use crate::arch::StubPlacement;
+use crate::error::{other, Result};
 use crate::image::{Image, PROT_EXEC, PROT_READ, PROT_WRITE};
+use crate::stub_blob::{self, Stub};
 use elfpack_stub::abi::{Protect, PROT_UNMAP};
 
 pub const PAGE: u64 = 4096;
+/// The most program headers an output has, whatever the input: well under one page of
+/// headers (73 for ELF64, 128 for ELF32), the most kernels before 6.17 accept (linux
+/// `fs/binfmt_elf.c`, `load_elf_phdrs`).
+pub const MAX_PHDRS: usize = 32;
+/// Program headers besides the image's and the stub's: the descriptor, PT_GNU_STACK.
+const OTHER_PHDRS: usize = 2;
+/// The stub's alignment, and the gap between it and the image.
+const STUB_ALIGN: u64 = 0x10000;
 /// The cost of one `mprotect`/`munmap` at every start, in stored zero pages.
 const CALL_COST: u64 = 4;
 
@@ -312,6 +326,80 @@ pub fn plan(pieces: Vec<Piece>, budget: usize) -> Plan {
         pieces,
         segments,
         protect,
+    }
+}
+
+pub fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// The output's layout: the image's segments, and the stub (relocated to its place) with
+/// the descriptor after it.
+pub struct Layout {
+    pub plan: Plan,
+    pub stub: Stub,
+    pub stub_base: u64,
+    /// `__elfpack_desc`: where the descriptor goes.
+    pub desc_addr: u64,
+    /// The most bytes the descriptor may take: the room reserved for it below the image,
+    /// or no limit above.
+    pub desc_room: u64,
+}
+
+/// The addresses the stub writes into before it seals the image.
+pub fn written(image: &Image) -> Vec<u64> {
+    let mut w: Vec<u64> = image.fixups.iter().map(|f| f.addr).collect();
+    w.extend(
+        [image.enable_secure, image.rseq_size, image.regs.tid_address]
+            .into_iter()
+            .filter(|&a| a != 0),
+    );
+    if image.regs.rseq_area != 0 {
+        // The `cpu_id` field the stub sets (linux `include/uapi/linux/rseq.h`).
+        w.push(image.regs.rseq_area + crate::normalize::RSEQ_CPU_ID);
+    }
+    w
+}
+
+/// Lays out `image`, whose vDSO proxy has `vdso_entries` entries.
+pub fn layout(image: &Image, vdso_entries: usize) -> Result<Layout> {
+    let spec = image.arch.spec();
+    let probe = stub_blob::relocated(image.arch, 0)?;
+    let budget = MAX_PHDRS
+        .checked_sub(probe.segments.len() + OTHER_PHDRS)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| other!("internal error: the stub has too many segments"))?;
+    let plan = plan(pieces(image, &written(image)), budget);
+    let reserved = crate::descriptor::reserved_len(image, vdso_entries, plan.protect.len());
+    let lo = image.regions.iter().map(|r| r.start).min().unwrap_or(0);
+    let hi = image.regions.iter().map(|r| r.end).max().unwrap_or(0);
+    let stub_base = place_stub(spec.stub_placement, lo, hi, probe.desc_offset + reserved)?;
+    let stub = stub_blob::relocated(image.arch, stub_base)?;
+    let desc_room = match spec.stub_placement {
+        StubPlacement::Above => u64::MAX,
+        StubPlacement::Below => reserved,
+    };
+    Ok(Layout {
+        plan,
+        desc_addr: stub_base + stub.desc_offset,
+        stub,
+        stub_base,
+        desc_room,
+    })
+}
+
+/// The stub's base for an image at `lo..hi`, with `total` bytes for the stub and the
+/// descriptor.
+fn place_stub(placement: StubPlacement, lo: u64, hi: u64, total: u64) -> Result<u64> {
+    match placement {
+        StubPlacement::Above => Ok(align_up(hi, STUB_ALIGN) + STUB_ALIGN),
+        StubPlacement::Below => {
+            let b = (lo.saturating_sub(total + STUB_ALIGN)) & !(STUB_ALIGN - 1);
+            if b < STUB_ALIGN {
+                return Err(other!("no room below the image for the stub"));
+            }
+            Ok(b)
+        }
     }
 }
 

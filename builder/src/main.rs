@@ -7,6 +7,7 @@
 mod arch;
 mod capture;
 mod cpu;
+mod descriptor;
 mod error;
 mod files;
 mod fixups;
@@ -572,7 +573,7 @@ fn build(a: &BuildArgs) -> Result<()> {
     // is reported, and the temporary file removed).
     let deferred = DeferSignals::new();
     let tmp = output::Pending::create(&dir)?;
-    let mut stats = writer::write(tmp.file(), &mut image, &symbols, |image, st, usage| {
+    let mut stats = writer::write(tmp.file(), &image, &symbols, |image, st, usage| {
         let mut m = meta::build(image, &prog, usage, st.stub_size, st.segments as u64, nsyms);
         m.tunables = tunables.clone();
         serde_json::to_vec(&m).expect("serialisable")

@@ -7,11 +7,26 @@
 use crate::error::{other, Result};
 use crate::image::Image;
 
-/// `struct rseq` field offsets (linux `include/uapi/linux/rseq.h`).
-const RSEQ_CPU_ID_START: u64 = 0;
-const RSEQ_CPU_ID: u64 = 4;
-const RSEQ_NODE_ID: u64 = 20;
-const RSEQ_MM_CID: u64 = 24;
+/// `struct rseq` (linux `include/uapi/linux/rseq.h`), for its field offsets: neither libc
+/// nor linux-raw-sys defines it.
+#[repr(C)]
+#[allow(dead_code, reason = "only the field offsets are used")]
+struct Rseq {
+    cpu_id_start: u32,
+    cpu_id: u32,
+    rseq_cs: u64,
+    flags: u32,
+    node_id: u32,
+    mm_cid: u32,
+}
+const RSEQ_CPU_ID_START: u64 = std::mem::offset_of!(Rseq, cpu_id_start) as u64;
+/// The field the stub sets at every start (RSEQ_CPU_ID_UNINITIALIZED before the
+/// registration).
+pub const RSEQ_CPU_ID: u64 = std::mem::offset_of!(Rseq, cpu_id) as u64;
+const RSEQ_NODE_ID: u64 = std::mem::offset_of!(Rseq, node_id) as u64;
+const RSEQ_MM_CID: u64 = std::mem::offset_of!(Rseq, mm_cid) as u64;
+/// The registration length from which the kernel writes `node_id` and `mm_cid`.
+const RSEQ_LEN_WITH_MM_CID: u32 = RSEQ_MM_CID as u32 + 4;
 /// glibc's initial `cpu_id` value (RSEQ_CPU_ID_UNINITIALIZED).
 const RSEQ_CPU_ID_UNINITIALIZED: u32 = u32::MAX;
 
@@ -25,7 +40,7 @@ pub fn reset_thread_state(image: &mut Image) {
         let a = regs.rseq_area;
         image.write_bytes(a + RSEQ_CPU_ID_START, &0u32.to_le_bytes());
         image.write_bytes(a + RSEQ_CPU_ID, &RSEQ_CPU_ID_UNINITIALIZED.to_le_bytes());
-        if regs.rseq_len >= 28 {
+        if regs.rseq_len >= RSEQ_LEN_WITH_MM_CID {
             image.write_bytes(a + RSEQ_NODE_ID, &0u32.to_le_bytes());
             image.write_bytes(a + RSEQ_MM_CID, &0u32.to_le_bytes());
         }

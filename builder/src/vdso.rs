@@ -1,6 +1,7 @@
 //! The vDSO proxy: the image keeps a copy of the capture-time vDSO (ld.so's link map of it,
 //! its symbol table and unwind data stay valid), and each function in it is replaced by an
-//! indirect jump through a slot that the stub fills at every start.
+//! indirect jump through a slot that the stub fills at every start (the jumps are encoded
+//! with the descriptor, `descriptor.rs`, and written by the emission, `writer.rs`).
 use crate::error::{other, Result};
 use crate::image::{Image, VdsoEntry};
 use elfpack_stub::abi::vdso_fn;
@@ -45,15 +46,4 @@ pub fn find_entries(image: &mut Image) -> Result<Vec<String>> {
     entries.sort_by_key(|e| e.addr);
     image.vdso.as_mut().unwrap().entries = entries;
     Ok(unknown)
-}
-
-/// Writes the jump through `slot` at each entry of the proxy.
-pub fn patch(image: &mut Image, slots: &[(u64, u64)]) -> Result<()> {
-    for &(entry, slot) in slots {
-        let code = image.arch.spec().proxy_jump(entry, slot)?;
-        if !image.write_bytes(entry, &code) {
-            return Err(other!("cannot patch the vDSO proxy at {entry:#x}"));
-        }
-    }
-    Ok(())
 }

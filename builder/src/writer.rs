@@ -1,16 +1,19 @@
-//! The ELF writer: image + stub → the bytes of the packed executable.
+//! ELF emission, the only stage that writes OUTPUT: the segments of the [`Layout`], the
+//! stub and the encoded descriptor become the bytes of the packed executable.
 //!
-//! The output is an ET_EXEC with no PT_INTERP and no sections. Every image region becomes
-//! PT_LOAD segments mapped straight from the file (page-aligned offsets), except runs of
-//! zero pages, which become zero-fill segments that take no file space. The stub and the
-//! descriptor follow at an address no region uses. The output depends only on the image,
-//! so equal images give byte-identical files.
-use crate::arch::{ElfSizes, StubPlacement};
+//! The output is an ET_EXEC with no PT_INTERP. Every image region becomes PT_LOAD segments
+//! mapped straight from the file (page-aligned offsets), except runs of zero pages, which
+//! become zero-fill segments that take no file space; the stub and the descriptor follow
+//! at the address the layout chose. After the segments come a section header per segment
+//! (so that tools know what is code), the symbol table and the `.elfpack` document
+//! (`sections.rs` then makes the section view consistent for ELF checkers). The output
+//! depends only on the image, so equal images give byte-identical files.
+use crate::arch::ElfSizes;
+use crate::descriptor::{self, Encoded};
 use crate::error::{other, Result};
 use crate::image::{Image, PROT_EXEC, PROT_READ, PROT_WRITE};
-use crate::stub_blob;
+use crate::layout::{self, align_up, Kind, Layout, PAGE};
 use crate::symbols::ImageSymbol;
-use elfpack_stub::abi::{self, bytes_of, Descriptor, Protect, Table, VdsoSlot};
 use goblin::container::{Ctx, Endian};
 use goblin::elf::program_header::{ProgramHeader, PF_R, PF_W, PF_X, PT_GNU_STACK, PT_LOAD};
 use goblin::elf::Header;
@@ -19,12 +22,9 @@ use scroll::Pwrite;
 use std::borrow::Cow;
 use std::os::unix::fs::FileExt;
 
-use crate::layout::{self, Kind, PAGE};
-
-/// The most program headers an output has, whatever the input: well under one page of
-/// headers (73 for ELF64, 128 for ELF32), the most kernels before 6.17 accept (linux
-/// `fs/binfmt_elf.c`, `load_elf_phdrs`).
-pub const MAX_PHDRS: usize = 32;
+/// The largest program-header table any kernel reads (linux `fs/binfmt_elf.c`,
+/// `load_elf_phdrs`; kernels before 6.17 also refuse more than a page).
+const MAX_PHDR_BYTES: u64 = 65536;
 
 /// Sizes, for `-v` and `inspect`.
 #[derive(Debug, Default, Clone)]
@@ -41,8 +41,8 @@ struct Seg<'a> {
     vaddr: u64,
     memsz: u64,
     filesz: u64,
-    /// File contents as (offset in the segment, bytes), borrowed from the image or owned
-    /// (stub, descriptor); what no part covers reads as zero.
+    /// File contents as (offset in the segment, bytes), borrowed from the image, the stub
+    /// or the descriptor; what no part covers reads as zero.
     parts: Vec<(u64, Cow<'a, [u8]>)>,
     flags: u32,
 }
@@ -51,29 +51,6 @@ fn pf(prot: u32) -> u32 {
     (if prot & PROT_READ != 0 { PF_R } else { 0 })
         | (if prot & PROT_WRITE != 0 { PF_W } else { 0 })
         | (if prot & PROT_EXEC != 0 { PF_X } else { 0 })
-}
-
-fn align_up(v: u64, a: u64) -> u64 {
-    v.div_ceil(a) * a
-}
-
-/// The addresses the stub writes into before it seals the image.
-fn written(image: &Image) -> Vec<u64> {
-    let mut w: Vec<u64> = image.fixups.iter().map(|f| f.addr).collect();
-    w.extend(
-        [image.enable_secure, image.rseq_size, image.regs.tid_address]
-            .into_iter()
-            .filter(|&a| a != 0),
-    );
-    if image.regs.rseq_area != 0 {
-        w.push(image.regs.rseq_area + 4);
-    }
-    w
-}
-
-/// The segment plan for `image`, with at most `budget` segments.
-fn plan(image: &Image, budget: usize) -> layout::Plan {
-    layout::plan(layout::pieces(image, &written(image)), budget)
 }
 
 /// The segments of a plan, with their bytes borrowed from the image.
@@ -113,208 +90,46 @@ fn image_segments<'a>(image: &'a Image, plan: &layout::Plan) -> Vec<Seg<'a>> {
     out
 }
 
-/// The descriptor blob: header and tables, laid out for address `at`.
-struct Blob {
-    bytes: Vec<u8>,
-}
-
-impl Blob {
-    fn align(&mut self) {
-        while !self.bytes.len().is_multiple_of(8) {
-            self.bytes.push(0);
-        }
-    }
-    fn table<T: abi::Plain>(&mut self, items: &[T]) -> Table {
-        self.align();
-        let offset = self.bytes.len() as u64;
-        for it in items {
-            self.bytes.extend_from_slice(bytes_of(it));
-        }
-        Table {
-            offset,
-            count: items.len() as u64,
-        }
-    }
-}
-
-/// Writes the packed file for `image` into `file` (from offset 0), with `symbols` in a symbol table and the document
-/// `meta` returns (given the sizes and the (stored, zero) bytes of each region) in the
-/// non-loaded section `.elfpack`.
-pub fn write(
-    file: &std::fs::File,
-    image: &mut Image,
-    symbols: &[ImageSymbol],
-    meta: impl FnOnce(&Image, &Stats, &[(u64, u64)]) -> Vec<u8>,
-) -> Result<Stats> {
-    let arch = image.arch;
-    let vdso_entries = image
-        .vdso
-        .as_ref()
-        .map(|v| v.entries.clone())
-        .unwrap_or_default();
-
-    // Place the stub: above the image on x86-64 (the image's window is there, and the vDSO
-    // slots must be within reach of rip-relative jumps), below it on i386 (above lies the
-    // stack).
-    let lo = image.regions.iter().map(|r| r.start).min().unwrap_or(0);
-    let hi = image.regions.iter().map(|r| r.end).max().unwrap_or(0);
-    let probe = stub_blob::relocated(arch, 0)?;
-    let strings_len: usize = image
-        .fixups
-        .iter()
-        .filter_map(|f| f.string.as_ref())
-        .map(Vec::len)
-        .sum::<usize>()
-        + image.cpu_level.len()
-        + 1;
-    // Program headers: the image's segments, the stub's, the descriptor, PT_GNU_STACK.
-    let budget = MAX_PHDRS
-        .checked_sub(probe.segments.len() + 2)
-        .filter(|&b| b > 0)
-        .ok_or_else(|| other!("internal error: the stub has too many segments"))?;
-    let protect_estimate = plan(image, budget).protect.len();
-    let blob_estimate = abi::DESCRIPTOR_SIZE
-        + image.fixups.len() * 24
-        + vdso_entries.len() * (16 + 8)
-        + (protect_estimate + 1) * 24
-        + strings_len
-        + 64;
-    let total = probe.desc_offset + align_up(blob_estimate as u64, PAGE);
-    let stub_base = match arch.spec().stub_placement {
-        StubPlacement::Above => align_up(hi, 0x10000) + 0x10000,
-        StubPlacement::Below => {
-            let b = (lo.saturating_sub(total + 0x10000)) & !0xffff;
-            if b < 0x10000 {
-                return Err(other!("no room below the image for the stub"));
-            }
-            b
-        }
-    };
-    let stub = stub_blob::relocated(arch, stub_base)?;
-    let desc_addr = stub_base + stub.desc_offset;
-
-    // The descriptor blob.
-    let mut blob = Blob {
-        bytes: vec![0u8; abi::DESCRIPTOR_SIZE],
-    };
-    let mut strings: Vec<u8> = Vec::new();
-    let mut fixups = Vec::new();
-    for f in &image.fixups {
-        let mut arg = f.arg;
-        if let Some(s) = &f.string {
-            arg = strings.len() as u32;
-            strings.extend_from_slice(s);
-        }
-        fixups.push(abi::Fixup {
-            addr: f.addr,
-            kind: f.kind,
-            arg,
-            offset: f.offset,
+/// Puts the vDSO proxy's jumps over the bytes of the image's copy of the vDSO.
+fn apply_proxy(segs: &mut [Seg], proxy: &[(u64, [u8; 6])]) -> Result<()> {
+    for (entry, code) in proxy {
+        let end = entry + code.len() as u64;
+        let part = segs.iter_mut().find_map(|s| {
+            let vaddr = s.vaddr;
+            s.parts
+                .iter_mut()
+                .find(|(at, b)| vaddr + at <= *entry && end <= vaddr + at + b.len() as u64)
+                .map(|(at, b)| (vaddr + *at, b))
         });
+        let Some((start, bytes)) = part else {
+            return Err(other!("cannot patch the vDSO proxy at {entry:#x}"));
+        };
+        let off = (entry - start) as usize;
+        bytes.to_mut()[off..off + code.len()].copy_from_slice(code);
     }
-    let cpu_level_name = strings.len() as u64;
-    strings.extend_from_slice(image.cpu_level.as_bytes());
-    strings.push(0);
-    let fixups_t = blob.table(&fixups);
-    // Slot words come first in a table of their own, so their addresses are known before
-    // the slot table is written.
-    blob.align();
-    let slots_at = blob.bytes.len() as u64;
-    blob.bytes
-        .resize(blob.bytes.len() + vdso_entries.len() * 8, 0);
-    let slot_addr = |i: usize| desc_addr + slots_at + 8 * i as u64;
-    let slots: Vec<VdsoSlot> = vdso_entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| VdsoSlot {
-            slot: slot_addr(i),
-            func: e.func,
-            _pad: 0,
-        })
-        .collect();
-    let slots_t = blob.table(&slots);
-    crate::vdso::patch(
-        image,
-        &vdso_entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.addr, slot_addr(i)))
-            .collect::<Vec<_>>(),
-    )?;
-    let image: &Image = image;
-    let plan = plan(image, budget);
-    let segs = image_segments(image, &plan);
-    let mut protect = plan.protect.clone();
-    // The descriptor (with the vDSO slots) becomes read-only once the stub is done.
-    let blob_len_final = align_up(
-        (blob.bytes.len() + (protect.len() + 1) * 24 + strings.len() + 16) as u64,
-        PAGE,
-    );
-    protect.push(Protect {
-        addr: desc_addr,
-        len: blob_len_final,
-        prot: PROT_READ,
-        _pad: 0,
-    });
-    let protect_t = blob.table(&protect);
-    blob.align();
-    let strings_t = Table {
-        offset: blob.bytes.len() as u64,
-        count: strings.len() as u64,
-    };
-    blob.bytes.extend_from_slice(&strings);
-    blob.bytes.resize(blob_len_final as usize, 0);
-    if stub.desc_offset + blob_len_final > total
-        && arch.spec().stub_placement == StubPlacement::Below
-    {
-        return Err(other!(
-            "internal error: the descriptor outgrew the room reserved below the image"
-        ));
-    }
-    let d = Descriptor {
-        magic: abi::MAGIC,
-        version: abi::FORMAT_VERSION,
-        arch: u32::from(arch.e_machine()),
-        resume_pc: image.resume_pc,
-        user_entry: image.user_entry,
-        at_phdr: image.at_phdr,
-        at_phnum: image.at_phnum,
-        at_phent: image.at_phent,
-        at_base: image.at_base,
-        tls: image.tls,
-        regs: image.regs,
-        mm: image.mm,
-        enable_secure: image.enable_secure,
-        cpu_needs: image.cpu_needs,
-        fixups: fixups_t,
-        vdso_slots: slots_t,
-        protect: protect_t,
-        strings: strings_t,
-        cpu_level_name,
-        resume_kind: image.resume_kind,
-        resume_dx: image.resume_dx,
-        rseq_size: image.rseq_size,
-        min_kernel: image.min_kernel,
-        _pad: 0,
-    };
-    blob.bytes[..abi::DESCRIPTOR_SIZE].copy_from_slice(bytes_of(&d));
+    Ok(())
+}
 
-    // All segments, in address order.
-    let mut all: Vec<Seg> = segs;
-    for (off, data, memsz, flags) in stub.segments {
+/// All segments of the output, in address order: the image's (with the vDSO proxy), the
+/// stub's and the descriptor's.
+fn all_segments<'a>(image: &'a Image, lay: &'a Layout, desc: Encoded) -> Result<Vec<Seg<'a>>> {
+    let mut all = image_segments(image, &lay.plan);
+    apply_proxy(&mut all, &desc.proxy)?;
+    for (off, data, memsz, flags) in &lay.stub.segments {
         all.push(Seg {
-            vaddr: stub_base + off,
-            memsz,
+            vaddr: lay.stub_base + off,
+            memsz: *memsz,
             filesz: data.len() as u64,
-            parts: vec![(0, data.into())],
-            flags,
+            parts: vec![(0, Cow::Borrowed(data))],
+            flags: *flags,
         });
     }
+    let len = desc.bytes.len() as u64;
     all.push(Seg {
-        vaddr: desc_addr,
-        memsz: blob_len_final,
-        filesz: blob_len_final,
-        parts: vec![(0, Cow::Owned(blob.bytes))],
+        vaddr: lay.desc_addr,
+        memsz: len,
+        filesz: len,
+        parts: vec![(0, Cow::Owned(desc.bytes))],
         flags: PF_R | PF_W,
     });
     all.sort_by_key(|s| s.vaddr);
@@ -326,35 +141,31 @@ pub fn write(
             ));
         }
     }
+    Ok(all)
+}
 
-    // The file: ELF header and program headers, then each segment's bytes at an offset
-    // congruent to its address modulo the page size.
-    let sizes = &arch.spec().elf;
-    let (container, ehsize, phentsize) = (sizes.container, sizes.ehdr, sizes.phdr);
-    let ctx = Ctx::new(container, Endian::Little);
-    let phnum = all.len() as u64 + 1;
-    if phnum * phentsize > 65536 {
-        return Err(other!(
-            "the image needs {phnum} segments, more than the kernel accepts"
-        ));
-    }
-    // The headers are written last, at offset 0; segment bytes go straight to the file.
-    let mut head = vec![0u8; (ehsize + phnum * phentsize) as usize];
-    let mut end = head.len() as u64;
+fn write_at(file: &std::fs::File, bytes: &[u8], at: u64) -> Result<()> {
+    file.write_all_at(bytes, at)
+        .map_err(|e| other!("writing the output: {e}"))
+}
+
+/// Writes each segment's bytes from file offset `start` on, at an offset congruent to its
+/// address modulo the page size; returns their program headers and the end of the last.
+fn write_segments(
+    file: &std::fs::File,
+    all: &[Seg],
+    start: u64,
+    stats: &mut Stats,
+) -> Result<(Vec<ProgramHeader>, u64)> {
+    let mut end = start;
     let mut phdrs = Vec::new();
-    let mut stats = Stats {
-        stub_size: stub.size,
-        stub_base,
-        ..Default::default()
-    };
-    for s in &all {
+    for s in all {
         let offset = if s.filesz == 0 {
             0
         } else {
             let off = align_up(end, PAGE) + (s.vaddr % PAGE);
             for (at, bytes) in &s.parts {
-                file.write_all_at(bytes, off + at)
-                    .map_err(|e| other!("writing the output: {e}"))?;
+                write_at(file, bytes, off + at)?;
             }
             end = off + s.filesz;
             off
@@ -372,26 +183,11 @@ pub fn write(
             p_align: PAGE,
         });
     }
-    if let Some(flags) = image.stack_flags {
-        phdrs.push(ProgramHeader {
-            p_type: PT_GNU_STACK,
-            p_flags: flags,
-            p_align: 16,
-            ..Default::default()
-        });
-    }
-    let mut h = Header::new(ctx);
-    h.e_type = goblin::elf::header::ET_EXEC;
-    h.e_machine = arch.e_machine();
-    h.e_entry = stub_base + stub.entry;
-    h.e_phoff = ehsize;
-    h.e_phnum = phnum as u16;
-    let offsets: Vec<u64> = phdrs.iter().map(|p| p.p_offset).collect();
-    for (i, p) in phdrs.into_iter().enumerate() {
-        head.pwrite_with(p, (ehsize + i as u64 * phentsize) as usize, ctx)
-            .map_err(|e| other!("writing program headers: {e}"))?;
-    }
-    stats.segments = all.len();
+    Ok((phdrs, end))
+}
+
+/// The (stored, zero) bytes of each region in the plan's segments.
+fn region_usage(image: &Image, plan: &layout::Plan) -> Vec<(u64, u64)> {
     let mut usage = vec![(0u64, 0u64); image.regions.len()];
     for s in &plan.segments {
         for (i, p) in plan.pieces.iter().enumerate().take(s.last).skip(s.first) {
@@ -405,21 +201,72 @@ pub fn write(
             }
         }
     }
-    let doc = meta(image, &stats, &usage);
+    usage
+}
+
+/// Writes the packed file for `image` into `file` (from offset 0), with `symbols` in a
+/// symbol table and the document `meta` returns (given the sizes and the (stored, zero)
+/// bytes of each region) in the non-loaded section `.elfpack`.
+pub fn write(
+    file: &std::fs::File,
+    image: &Image,
+    symbols: &[ImageSymbol],
+    meta: impl FnOnce(&Image, &Stats, &[(u64, u64)]) -> Vec<u8>,
+) -> Result<Stats> {
+    let entries = image.vdso.as_ref().map_or(&[][..], |v| &v.entries[..]);
+    let lay = layout::layout(image, entries.len())?;
+    let desc = descriptor::encode(image, entries, &lay)?;
+    let all = all_segments(image, &lay, desc)?;
+    let sizes = &image.arch.spec().elf;
+    let ctx = Ctx::new(sizes.container, Endian::Little);
+    // Program headers: the segments' and PT_GNU_STACK's room.
+    let phnum = all.len() as u64 + 1;
+    if phnum * sizes.phdr > MAX_PHDR_BYTES {
+        return Err(other!(
+            "the image needs {phnum} segments, more than the kernel accepts"
+        ));
+    }
+    // The headers are written last, at offset 0; segment bytes go straight to the file.
+    let mut head = vec![0u8; (sizes.ehdr + phnum * sizes.phdr) as usize];
+    let mut stats = Stats {
+        stub_size: lay.stub.size,
+        stub_base: lay.stub_base,
+        segments: all.len(),
+        ..Default::default()
+    };
+    let (mut phdrs, end) = write_segments(file, &all, head.len() as u64, &mut stats)?;
+    let offsets: Vec<u64> = phdrs.iter().map(|p| p.p_offset).collect();
+    if let Some(flags) = image.stack_flags {
+        phdrs.push(ProgramHeader {
+            p_type: PT_GNU_STACK,
+            p_flags: flags,
+            p_align: 16,
+            ..Default::default()
+        });
+    }
+    for (i, p) in phdrs.into_iter().enumerate() {
+        head.pwrite_with(p, (sizes.ehdr + i as u64 * sizes.phdr) as usize, ctx)
+            .map_err(|e| other!("writing program headers: {e}"))?;
+    }
+    let doc = meta(image, &stats, &region_usage(image, &lay.plan));
     // Everything after the segments: symbols, the document, section headers.
-    let tail_at = end;
     let mut out = Vec::new();
     let (shoff, shnum, shstrndx) =
-        append_sections(&mut out, tail_at, sizes, &all, &offsets, symbols, &doc)?;
-    file.write_all_at(&out, tail_at)
-        .map_err(|e| other!("writing the output: {e}"))?;
+        append_sections(&mut out, end, sizes, &all, &offsets, symbols, &doc)?;
+    write_at(file, &out, end)?;
+    let mut h = Header::new(ctx);
+    h.e_type = goblin::elf::header::ET_EXEC;
+    h.e_machine = image.arch.e_machine();
+    h.e_entry = lay.stub_base + lay.stub.entry;
+    h.e_phoff = sizes.ehdr;
+    // PT_GNU_STACK's entry is counted (PT_NULL) even when the image has none.
+    h.e_phnum = phnum as u16;
     h.e_shoff = shoff;
     h.e_shnum = shnum;
     h.e_shstrndx = shstrndx;
-    h.into_ctx(&mut head[..ehsize as usize], ctx);
-    file.write_all_at(&head, 0)
-        .map_err(|e| other!("writing the output: {e}"))?;
-    stats.file_size = tail_at + out.len() as u64;
+    h.into_ctx(&mut head[..sizes.ehdr as usize], ctx);
+    write_at(file, &head, 0)?;
+    stats.file_size = end + out.len() as u64;
     Ok(stats)
 }
 
