@@ -573,14 +573,12 @@ fn build(a: &BuildArgs) -> Result<()> {
     // is reported, and the temporary file removed).
     let deferred = DeferSignals::new();
     let tmp = output::Pending::create(&dir)?;
-    let mut stats = writer::write(tmp.file(), &image, &symbols, |image, st, usage| {
+    let stats = writer::write(tmp.file(), &image, &symbols, |image, st, usage| {
         let mut m = meta::build(image, &prog, usage, st.stub_size, st.segments as u64, nsyms);
         m.tunables = tunables.clone();
         serde_json::to_vec(&m).expect("serialisable")
     })
     .map_err(|e| writer_error(e, &a.output))?;
-    stats.file_size =
-        sections::make_consistent(tmp.file()).map_err(|e| writer_error(e, &a.output))?;
     let write_time = t_write.elapsed();
     tmp.persist(&a.output, output::executable_mode())?;
     drop(deferred);

@@ -16,6 +16,11 @@ use crate::layout::{self, align_up, Kind, Layout, PAGE};
 use crate::symbols::ImageSymbol;
 use goblin::container::{Ctx, Endian};
 use goblin::elf::program_header::{ProgramHeader, PF_R, PF_W, PF_X, PT_GNU_STACK, PT_LOAD};
+use goblin::elf::section_header::{
+    SectionHeader, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_ABS, SHT_NOBITS, SHT_PROGBITS,
+    SHT_STRTAB, SHT_SYMTAB,
+};
+use goblin::elf::sym::{Sym, STB_GLOBAL, STB_LOCAL};
 use goblin::elf::Header;
 use scroll::ctx::IntoCtx;
 use scroll::Pwrite;
@@ -266,8 +271,139 @@ pub fn write(
     h.e_shstrndx = shstrndx;
     h.into_ctx(&mut head[..sizes.ehdr as usize], ctx);
     write_at(file, &head, 0)?;
-    stats.file_size = end + out.len() as u64;
+    stats.file_size = crate::sections::make_consistent(file)?;
     Ok(stats)
+}
+
+/// The sections after the segments, built in `out`, which the file holds at offset
+/// `base`.
+struct Tail {
+    out: Vec<u8>,
+    base: u64,
+    shstr: Vec<u8>,
+    shdrs: Vec<SectionHeader>,
+}
+
+impl Tail {
+    /// Adds `n` to the section-name table; returns its offset there.
+    fn name(&mut self, n: &str) -> usize {
+        let at = self.shstr.len();
+        self.shstr.extend_from_slice(n.as_bytes());
+        self.shstr.push(0);
+        at
+    }
+
+    /// The offset in `out` of the next 8-byte aligned file offset.
+    fn aligned8(&self) -> usize {
+        (align_up(self.base + self.out.len() as u64, 8) - self.base) as usize
+    }
+
+    /// Appends `bytes` as a section of `sh_type` named `name`.
+    fn append(&mut self, name: &str, sh_type: u32, bytes: &[u8]) {
+        let sh_name = self.name(name);
+        self.append_named(sh_name, sh_type, bytes);
+    }
+
+    /// Appends `bytes` as a section of `sh_type` whose name is at `sh_name`.
+    fn append_named(&mut self, sh_name: usize, sh_type: u32, bytes: &[u8]) {
+        let at = self.out.len();
+        self.out.extend_from_slice(bytes);
+        self.shdrs.push(SectionHeader {
+            sh_name,
+            sh_type,
+            sh_offset: self.base + at as u64,
+            sh_size: bytes.len() as u64,
+            sh_addralign: 1,
+            ..Default::default()
+        });
+    }
+}
+
+/// One section per segment, named `.image`: PROGBITS at the segment's file offset, or
+/// NOBITS for a zero-fill one.
+fn segment_sections(tail: &mut Tail, segs: &[Seg], offsets: &[u64]) {
+    let image_name = tail.name(".image");
+    for (s, &offset) in segs.iter().zip(offsets) {
+        let mut flags = u64::from(SHF_ALLOC);
+        if s.flags & PF_W != 0 {
+            flags |= u64::from(SHF_WRITE);
+        }
+        if s.flags & PF_X != 0 {
+            flags |= u64::from(SHF_EXECINSTR);
+        }
+        let file_backed = s.filesz != 0;
+        tail.shdrs.push(SectionHeader {
+            sh_name: image_name,
+            sh_type: if file_backed {
+                SHT_PROGBITS
+            } else {
+                SHT_NOBITS
+            },
+            sh_flags: flags,
+            sh_addr: s.vaddr,
+            sh_offset: offset,
+            sh_size: if file_backed { s.filesz } else { s.memsz },
+            sh_addralign: PAGE,
+            ..Default::default()
+        });
+    }
+}
+
+/// The symbol table (locals first) and its string table, symbols pointing at the
+/// section of the segment that holds them.
+fn symbol_table(
+    tail: &mut Tail,
+    sizes: &ElfSizes,
+    segs: &[Seg],
+    symbols: &[ImageSymbol],
+) -> Result<()> {
+    let ctx = Ctx::new(sizes.container, Endian::Little);
+    let section_of = |addr: u64| -> usize {
+        segs.iter()
+            .position(|s| s.vaddr <= addr && addr < s.vaddr + s.memsz)
+            .map_or(SHN_ABS as usize, |i| i + 1)
+    };
+    let mut strtab: Vec<u8> = vec![0];
+    let mut entries: Vec<Sym> = vec![Sym::default()];
+    let (locals, globals): (Vec<&ImageSymbol>, Vec<&ImageSymbol>) =
+        symbols.iter().partition(|s| !s.global);
+    for s in locals.iter().chain(globals.iter()) {
+        let at = strtab.len();
+        strtab.extend_from_slice(s.name.as_bytes());
+        strtab.push(0);
+        entries.push(Sym {
+            st_name: at,
+            st_info: ((if s.global { STB_GLOBAL } else { STB_LOCAL }) << 4) | s.kind,
+            st_other: 0,
+            st_shndx: section_of(s.addr),
+            st_value: s.addr,
+            st_size: s.size,
+        });
+    }
+    let symtab_off = tail.aligned8();
+    let count = entries.len();
+    tail.out.resize(symtab_off + count * sizes.sym, 0);
+    for (i, e) in entries.into_iter().enumerate() {
+        tail.out
+            .pwrite_with(e, symtab_off + i * sizes.sym, ctx)
+            .map_err(|e| other!("writing symbols: {e}"))?;
+    }
+    // The string table follows as the section after the symbol table.
+    let strtab_index = tail.shdrs.len() as u32 + 1;
+    let sh_name = tail.name(".symtab");
+    tail.shdrs.push(SectionHeader {
+        sh_name,
+        sh_type: SHT_SYMTAB,
+        sh_offset: tail.base + symtab_off as u64,
+        sh_size: (count * sizes.sym) as u64,
+        sh_link: strtab_index,
+        sh_info: locals.len() as u32 + 1,
+        sh_addralign: 8,
+        sh_entsize: sizes.sym as u64,
+        ..Default::default()
+    });
+    tail.append(".strtab", SHT_STRTAB, &strtab);
+    Ok(())
 }
 
 /// Builds, in `out` (which the file holds at offset `base`), the section headers (one per
@@ -282,134 +418,34 @@ fn append_sections(
     symbols: &[ImageSymbol],
     doc: &[u8],
 ) -> Result<(u64, u16, u16)> {
-    use goblin::elf::section_header::{
-        SectionHeader, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_ABS, SHT_NOBITS, SHT_PROGBITS,
-        SHT_STRTAB, SHT_SYMTAB,
-    };
-    use goblin::elf::sym::{Sym, STB_GLOBAL, STB_LOCAL};
     let ctx = Ctx::new(sizes.container, Endian::Little);
-    let (symsize, shsize) = (sizes.sym, sizes.shdr);
-    let mut shstr: Vec<u8> = vec![0];
-    let mut name = |n: &str| {
-        let at = shstr.len();
-        shstr.extend_from_slice(n.as_bytes());
-        shstr.push(0);
-        at
+    let mut tail = Tail {
+        out: std::mem::take(out),
+        base,
+        shstr: vec![0],
+        shdrs: vec![SectionHeader::default()],
     };
-    let mut shdrs = vec![SectionHeader::default()];
-    let image_name = name(".image");
-    for s in segs {
-        let mut flags = u64::from(SHF_ALLOC);
-        if s.flags & PF_W != 0 {
-            flags |= u64::from(SHF_WRITE);
-        }
-        if s.flags & PF_X != 0 {
-            flags |= u64::from(SHF_EXECINSTR);
-        }
-        let file_backed = s.filesz != 0;
-        shdrs.push(SectionHeader {
-            sh_name: image_name,
-            sh_type: if file_backed {
-                SHT_PROGBITS
-            } else {
-                SHT_NOBITS
-            },
-            sh_flags: flags,
-            sh_addr: s.vaddr,
-            sh_offset: 0,
-            sh_size: if file_backed { s.filesz } else { s.memsz },
-            sh_addralign: PAGE,
-            ..Default::default()
-        });
-    }
-    for (i, off) in offsets.iter().enumerate().take(segs.len()) {
-        shdrs[i + 1].sh_offset = *off;
-    }
-    // `out` starts at file offset `base`: local offsets are aligned as file offsets.
-    let aligned8 = |len: usize| (align_up(base + len as u64, 8) - base) as usize;
-    let section_of = |addr: u64| -> usize {
-        segs.iter()
-            .position(|s| s.vaddr <= addr && addr < s.vaddr + s.memsz)
-            .map_or(SHN_ABS as usize, |i| i + 1)
-    };
+    segment_sections(&mut tail, segs, offsets);
     if !symbols.is_empty() {
-        let mut strtab: Vec<u8> = vec![0];
-        let mut entries: Vec<Sym> = vec![Sym::default()];
-        let (locals, globals): (Vec<&ImageSymbol>, Vec<&ImageSymbol>) =
-            symbols.iter().partition(|s| !s.global);
-        for s in locals.iter().chain(globals.iter()) {
-            let at = strtab.len();
-            strtab.extend_from_slice(s.name.as_bytes());
-            strtab.push(0);
-            entries.push(Sym {
-                st_name: at,
-                st_info: ((if s.global { STB_GLOBAL } else { STB_LOCAL }) << 4) | s.kind,
-                st_other: 0,
-                st_shndx: section_of(s.addr),
-                st_value: s.addr,
-                st_size: s.size,
-            });
-        }
-        let symtab_off = aligned8(out.len());
-        out.resize(symtab_off + entries.len() * symsize, 0);
-        for (i, e) in entries.into_iter().enumerate() {
-            out.pwrite_with(e, symtab_off + i * symsize, ctx)
-                .map_err(|e| other!("writing symbols: {e}"))?;
-        }
-        let strtab_off = out.len();
-        out.extend_from_slice(&strtab);
-        let strtab_index = shdrs.len() as u32 + 1;
-        shdrs.push(SectionHeader {
-            sh_name: name(".symtab"),
-            sh_type: SHT_SYMTAB,
-            sh_offset: base + symtab_off as u64,
-            sh_size: ((locals.len() + globals.len() + 1) * symsize) as u64,
-            sh_link: strtab_index,
-            sh_info: locals.len() as u32 + 1,
-            sh_addralign: 8,
-            sh_entsize: symsize as u64,
-            ..Default::default()
-        });
-        shdrs.push(SectionHeader {
-            sh_name: name(".strtab"),
-            sh_type: SHT_STRTAB,
-            sh_offset: base + strtab_off as u64,
-            sh_size: strtab.len() as u64,
-            sh_addralign: 1,
-            ..Default::default()
-        });
+        symbol_table(&mut tail, sizes, segs, symbols)?;
     }
-    let doc_off = out.len();
-    out.extend_from_slice(doc);
-    shdrs.push(SectionHeader {
-        sh_name: name(crate::meta::SECTION),
-        sh_type: SHT_PROGBITS,
-        sh_offset: base + doc_off as u64,
-        sh_size: doc.len() as u64,
-        sh_addralign: 1,
-        ..Default::default()
-    });
-    let shstrndx = shdrs.len();
-    let shstr_name = name(".shstrtab");
-    let shstr_off = out.len();
-    out.extend_from_slice(&shstr);
-    shdrs.push(SectionHeader {
-        sh_name: shstr_name,
-        sh_type: SHT_STRTAB,
-        sh_offset: base + shstr_off as u64,
-        sh_size: shstr.len() as u64,
-        sh_addralign: 1,
-        ..Default::default()
-    });
-    if shdrs.len() >= 0xff00 {
-        return Err(other!("too many sections ({})", shdrs.len()));
+    tail.append(crate::meta::SECTION, SHT_PROGBITS, doc);
+    let shstrndx = tail.shdrs.len();
+    // The name table names itself.
+    let sh_name = tail.name(".shstrtab");
+    let shstr = std::mem::take(&mut tail.shstr);
+    tail.append_named(sh_name, SHT_STRTAB, &shstr);
+    if tail.shdrs.len() >= 0xff00 {
+        return Err(other!("too many sections ({})", tail.shdrs.len()));
     }
-    let shoff = aligned8(out.len());
-    out.resize(shoff + shdrs.len() * shsize, 0);
-    let n = shdrs.len();
-    for (i, sh) in shdrs.into_iter().enumerate() {
-        out.pwrite_with(sh, shoff + i * shsize, ctx)
+    let shoff = tail.aligned8();
+    let n = tail.shdrs.len();
+    tail.out.resize(shoff + n * sizes.shdr, 0);
+    for (i, sh) in tail.shdrs.into_iter().enumerate() {
+        tail.out
+            .pwrite_with(sh, shoff + i * sizes.shdr, ctx)
             .map_err(|e| other!("writing section headers: {e}"))?;
     }
+    *out = tail.out;
     Ok((base + shoff as u64, n as u16, shstrndx as u16))
 }
