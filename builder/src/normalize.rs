@@ -76,15 +76,31 @@ pub fn zero_differences(a: &mut Image, b: &Image, argc: Option<u64>) -> Result<V
         .map(|f| f.addr)
         .collect();
     a.fixups.retain(|f| !stale.contains(&f.addr));
-    let w = a.arch.word();
+    let argc_ints = match argc.and_then(|n| u32::try_from(n).ok()) {
+        Some(argc) => zero_argc_ints(a, b, argc),
+        None => Vec::new(),
+    };
     let mut diffs = stale;
+    diffs.extend(zero_varying_words(a, b, &argc_ints));
+    a.fixups
+        .extend(argc_ints.iter().map(|&addr| crate::image::Fixup {
+            addr,
+            kind: elfpack_stub::abi::fixup_kind::ARGC_INT,
+            arg: 0,
+            offset: 0,
+            string: None,
+        }));
+    a.fixups.sort_by_key(|f| f.addr);
+    Ok(diffs)
+}
+
+/// Zeroes in `a` the 4-byte ints that hold `argc` there and `argc + 1` in `b`; returns
+/// their addresses.
+fn zero_argc_ints(a: &mut Image, b: &Image, argc: u32) -> Vec<u64> {
     let mut argc_ints = Vec::new();
     for (ra, rb) in a.regions.iter_mut().zip(&b.regions) {
         let (Some(da), Some(db)) = (ra.data.as_mut(), rb.data.as_ref()) else {
             continue;
-        };
-        let Some(argc) = argc.and_then(|n| u32::try_from(n).ok()) else {
-            break;
         };
         if **da == **db {
             continue;
@@ -105,6 +121,14 @@ pub fn zero_differences(a: &mut Image, b: &Image, argc: Option<u64>) -> Result<V
             argc_ints.push(ra.start + off as u64);
         }
     }
+    argc_ints
+}
+
+/// Zeroes in `a` every word that differs from `b` (but for the argc ints at
+/// `argc_ints`, already zero in `a`); returns their addresses.
+fn zero_varying_words(a: &mut Image, b: &Image, argc_ints: &[u64]) -> Vec<u64> {
+    let w = a.arch.word();
+    let mut diffs = Vec::new();
     for (ra, rb) in a.regions.iter_mut().zip(&b.regions) {
         let (Some(da), Some(db)) = (ra.data.as_mut(), rb.data.as_ref()) else {
             continue;
@@ -120,16 +144,13 @@ pub fn zero_differences(a: &mut Image, b: &Image, argc: Option<u64>) -> Result<V
         {
             let addr = ra.start + (i * w) as u64;
             // The argc int's word differs only there (now zero in `a`).
-            let argc_word = argc_ints.iter().any(|&p| p >= addr && p < addr + w as u64);
             let mut wb = wb.to_vec();
-            if argc_word {
-                for &p in argc_ints
-                    .iter()
-                    .filter(|&&p| p >= addr && p < addr + w as u64)
-                {
-                    let o = (p - addr) as usize;
-                    wb[o..o + 4].fill(0);
-                }
+            for &p in argc_ints
+                .iter()
+                .filter(|&&p| p >= addr && p < addr + w as u64)
+            {
+                let o = (p - addr) as usize;
+                wb[o..o + 4].fill(0);
             }
             if *wa != *wb {
                 wa.fill(0);
@@ -137,16 +158,7 @@ pub fn zero_differences(a: &mut Image, b: &Image, argc: Option<u64>) -> Result<V
             }
         }
     }
-    a.fixups
-        .extend(argc_ints.iter().map(|&addr| crate::image::Fixup {
-            addr,
-            kind: elfpack_stub::abi::fixup_kind::ARGC_INT,
-            arg: 0,
-            offset: 0,
-            string: None,
-        }));
-    a.fixups.sort_by_key(|f| f.addr);
-    Ok(diffs)
+    diffs
 }
 
 #[cfg(test)]
