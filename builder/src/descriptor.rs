@@ -2,8 +2,9 @@
 //! `__elfpack_desc`: the [`abi::Descriptor`] header, then its tables (fixups, vDSO slot
 //! words, vDSO slots, protections) and the string area, with the jumps that turn the
 //! captured vDSO's functions into the proxy's entries.
+use crate::analysis::Analysed;
 use crate::error::{other, Result};
-use crate::image::{Image, VdsoEntry, PROT_READ};
+use crate::image::{Image, PROT_READ};
 use crate::layout::{align_up, Layout, PAGE};
 use elfpack_stub::abi::{self, bytes_of, Protect, Table, VdsoSlot};
 use std::mem::size_of;
@@ -15,6 +16,17 @@ const SLOT_WORD: usize = size_of::<u64>();
 const PADDING: usize = 16;
 /// What the room reserved for the descriptor adds to the sizes it knows beforehand.
 const RESERVE_SLACK: usize = 64;
+
+/// What the packed program requires of the machine it runs on.
+#[derive(Clone, Debug, Default)]
+pub struct Target {
+    /// CPU features (`abi::cpu` bits) the image assumes.
+    pub cpu_needs: u64,
+    /// The CPU level's name, for the stub's message.
+    pub cpu_level: String,
+    /// The oldest kernel the image runs on (`abi::kernel_version`).
+    pub min_kernel: u32,
+}
 
 /// The descriptor, ready to be stored at the layout's `desc_addr`.
 pub struct Encoded {
@@ -28,24 +40,29 @@ pub struct Encoded {
 /// The room the layout reserves for the descriptor before it is encoded: an upper
 /// bound of its length, from the number of each table's entries (the protections of a
 /// plan of the image's segments) and the strings.
-pub fn reserved_len(image: &Image, vdso_entries: usize, protect: usize) -> u64 {
+pub fn reserved_len(a: &Analysed, target: &Target, protect: usize) -> u64 {
     let len = abi::DESCRIPTOR_SIZE
-        + image.fixups.len() * size_of::<abi::Fixup>()
-        + vdso_entries * (size_of::<VdsoSlot>() + SLOT_WORD)
+        + a.fixups.len() * size_of::<abi::Fixup>()
+        + vdso_entries(a).len() * (size_of::<VdsoSlot>() + SLOT_WORD)
         + (protect + 1) * size_of::<Protect>()
-        + strings_len(image)
+        + strings_len(a, target)
         + RESERVE_SLACK;
     align_up(len as u64, PAGE)
 }
 
-fn strings_len(image: &Image) -> usize {
-    let fixup_strings: usize = image
+/// The vDSO proxy's entries.
+fn vdso_entries(a: &Analysed) -> &[crate::image::VdsoEntry] {
+    a.vdso.as_ref().map_or(&[][..], |v| &v.entries[..])
+}
+
+fn strings_len(a: &Analysed, target: &Target) -> usize {
+    let fixup_strings: usize = a
         .fixups
         .iter()
         .filter_map(|f| f.string.as_ref())
         .map(Vec::len)
         .sum();
-    fixup_strings + image.cpu_level.len() + 1
+    fixup_strings + target.cpu_level.len() + 1
 }
 
 /// The descriptor blob under construction.
@@ -74,10 +91,10 @@ impl Blob {
 
 /// The fixup table and the string area: a fixup's string is replaced by its offset in
 /// the area, which ends with the CPU level's name; returns that name's offset too.
-fn fixups_and_strings(image: &Image) -> (Vec<abi::Fixup>, Vec<u8>, u64) {
+fn fixups_and_strings(a: &Analysed, target: &Target) -> (Vec<abi::Fixup>, Vec<u8>, u64) {
     let mut strings: Vec<u8> = Vec::new();
     let mut fixups = Vec::new();
-    for f in &image.fixups {
+    for f in &a.fixups {
         let mut arg = f.arg;
         if let Some(s) = &f.string {
             arg = strings.len() as u32;
@@ -91,19 +108,19 @@ fn fixups_and_strings(image: &Image) -> (Vec<abi::Fixup>, Vec<u8>, u64) {
         });
     }
     let cpu_level_name = strings.len() as u64;
-    strings.extend_from_slice(image.cpu_level.as_bytes());
+    strings.extend_from_slice(target.cpu_level.as_bytes());
     strings.push(0);
     (fixups, strings, cpu_level_name)
 }
 
-/// Encodes the descriptor for `image` at `layout.desc_addr`, with the vDSO proxy's
-/// `entries`.
-pub fn encode(image: &Image, entries: &[VdsoEntry], layout: &Layout) -> Result<Encoded> {
+/// Encodes the descriptor for `a` at `layout.desc_addr`.
+pub fn encode(a: &Analysed, target: &Target, layout: &Layout) -> Result<Encoded> {
+    let entries = vdso_entries(a);
     let desc_addr = layout.desc_addr;
     let mut blob = Blob {
         bytes: vec![0u8; abi::DESCRIPTOR_SIZE],
     };
-    let (fixups, strings, cpu_level_name) = fixups_and_strings(image);
+    let (fixups, strings, cpu_level_name) = fixups_and_strings(a, target);
     let fixups_t = blob.table(&fixups);
     // Slot words come first in a table of their own, so their addresses are known before
     // the slot table is written.
@@ -122,7 +139,7 @@ pub fn encode(image: &Image, entries: &[VdsoEntry], layout: &Layout) -> Result<E
         })
         .collect();
     let slots_t = blob.table(&slots);
-    let spec = image.arch.spec();
+    let spec = a.image.arch.spec();
     let proxy = entries
         .iter()
         .enumerate()
@@ -161,7 +178,7 @@ pub fn encode(image: &Image, entries: &[VdsoEntry], layout: &Layout) -> Result<E
         strings: strings_t,
         cpu_level_name,
     };
-    let d = header(image, tables);
+    let d = header(&a.image, target, tables);
     blob.bytes[..abi::DESCRIPTOR_SIZE].copy_from_slice(bytes_of(&d));
     Ok(Encoded {
         bytes: blob.bytes,
@@ -177,7 +194,7 @@ struct Tables {
     cpu_level_name: u64,
 }
 
-fn header(image: &Image, t: Tables) -> abi::Descriptor {
+fn header(image: &Image, target: &Target, t: Tables) -> abi::Descriptor {
     abi::Descriptor {
         magic: abi::MAGIC,
         version: abi::FORMAT_VERSION,
@@ -192,7 +209,7 @@ fn header(image: &Image, t: Tables) -> abi::Descriptor {
         regs: image.regs,
         mm: image.mm,
         enable_secure: image.enable_secure,
-        cpu_needs: image.cpu_needs,
+        cpu_needs: target.cpu_needs,
         fixups: t.fixups,
         vdso_slots: t.vdso_slots,
         protect: t.protect,
@@ -201,7 +218,7 @@ fn header(image: &Image, t: Tables) -> abi::Descriptor {
         resume_kind: image.resume_kind,
         resume_dx: image.resume_dx,
         rseq_size: image.rseq_size,
-        min_kernel: image.min_kernel,
+        min_kernel: target.min_kernel,
         _pad: 0,
     }
 }

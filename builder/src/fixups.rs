@@ -214,11 +214,11 @@ fn scan(r: &Region, data: &[u8], st: &StackInfo, w: usize, s: &Secrets, out: &mu
     }
 }
 
-/// Finds every fixup, records it in `image.fixups` and zeroes the word in the image.
-/// Returns notes on words that fall inside the capture-time stack's range without pointing
+/// Finds every fixup and zeroes its word in the image; returns the fixups, sorted by
+/// address, and notes on words that fall inside the capture-time stack's range without pointing
 /// at any of its parts (on i386 ordinary data can look like such an address); those are
 /// left as they are.
-pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
+pub fn find(image: &mut Image, st: &StackInfo) -> Result<(Vec<Fixup>, Vec<String>)> {
     let w = image.arch.word();
     let secrets = Secrets {
         canary: word_of(&RANDOM_PATTERN, w) & !0xff,
@@ -262,8 +262,7 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
         string: None,
     }));
     found.sort_by_key(|f| f.addr);
-    image.fixups = found;
-    Ok(notes)
+    Ok((found, notes))
 }
 
 #[cfg(test)]

@@ -27,9 +27,11 @@
 //!
 //! The [`Layout`] adds where the stub and its descriptor go. Nothing here reads or writes
 //! a file: the layout is a value computed from the image alone.
+use crate::analysis::Analysed;
 use crate::arch::StubPlacement;
+use crate::descriptor::Target;
 use crate::error::{other, Result};
-use crate::image::{Image, PROT_EXEC, PROT_READ, PROT_WRITE};
+use crate::image::{Fixup, Image, PROT_EXEC, PROT_READ, PROT_WRITE};
 use crate::stub_blob::{self, Stub};
 use elfpack_stub::abi::{Protect, PROT_UNMAP};
 
@@ -347,8 +349,8 @@ pub struct Layout {
 }
 
 /// The addresses the stub writes into before it seals the image.
-pub fn written(image: &Image) -> Vec<u64> {
-    let mut w: Vec<u64> = image.fixups.iter().map(|f| f.addr).collect();
+pub fn written(image: &Image, fixups: &[Fixup]) -> Vec<u64> {
+    let mut w: Vec<u64> = fixups.iter().map(|f| f.addr).collect();
     w.extend(
         [image.enable_secure, image.rseq_size, image.regs.tid_address]
             .into_iter()
@@ -361,16 +363,17 @@ pub fn written(image: &Image) -> Vec<u64> {
     w
 }
 
-/// Lays out `image`, whose vDSO proxy has `vdso_entries` entries.
-pub fn layout(image: &Image, vdso_entries: usize) -> Result<Layout> {
+/// Lays out the analysed image.
+pub fn layout(a: &Analysed, target: &Target) -> Result<Layout> {
+    let image = &a.image;
     let spec = image.arch.spec();
     let probe = stub_blob::relocated(image.arch, 0)?;
     let budget = MAX_PHDRS
         .checked_sub(probe.segments.len() + OTHER_PHDRS)
         .filter(|&b| b > 0)
         .ok_or_else(|| other!("internal error: the stub has too many segments"))?;
-    let plan = plan(pieces(image, &written(image)), budget);
-    let reserved = crate::descriptor::reserved_len(image, vdso_entries, plan.protect.len());
+    let plan = plan(pieces(image, &written(image, &a.fixups)), budget);
+    let reserved = crate::descriptor::reserved_len(a, target, plan.protect.len());
     let lo = image.regions.iter().map(|r| r.start).min().unwrap_or(0);
     let hi = image.regions.iter().map(|r| r.end).max().unwrap_or(0);
     let stub_base = place_stub(spec.stub_placement, lo, hi, probe.desc_offset + reserved)?;

@@ -4,6 +4,7 @@
 //! Data flows one way: PROGRAM → [`capture`] (ptrace, /proc) → [`image`] (plain data) →
 //! [`fixups`] and [`vdso`] (what the stub must redo per run) → [`writer`] (ELF bytes, with
 //! the stub from [`stub_blob`]) → OUTPUT.
+mod analysis;
 mod arch;
 mod capture;
 mod cpu;
@@ -524,17 +525,9 @@ fn build(a: &BuildArgs) -> Result<()> {
                     ..opts.clone()
                 },
             )?;
-            let mut image = c.image;
-            fixups::find(&mut image, &c.stack)?;
-            normalize::reset_thread_state(&mut image);
-            Ok::<_, Error>((image, c.stack))
+            analysis::prepare(c)
         });
-        let first = capture::capture(&prog, &opts).and_then(|c| {
-            let mut image = c.image;
-            let notes = fixups::find(&mut image, &c.stack)?;
-            normalize::reset_thread_state(&mut image);
-            Ok((image, notes, c.warnings, c.stack))
-        });
+        let first = capture::capture(&prog, &opts).and_then(analysis::prepare);
         (
             first,
             other
@@ -542,23 +535,17 @@ fn build(a: &BuildArgs) -> Result<()> {
                 .unwrap_or_else(|_| Err(other!("the second capture failed"))),
         )
     });
-    let (mut image, fixup_notes, warnings, stack) = first?;
-    let (image2, stack2) = second?;
-    check_loaded(&image, &includes)?;
+    let (first, second) = (first?, second?);
+    check_loaded(&first.image, &includes)?;
     let capture_time = t_capture.elapsed();
-    let aux_values = fixups::aux_values(&image, &image2, &stack, &stack2);
-    let varying = normalize::zero_differences(&mut image, &image2, argc_probe)?;
-    drop(image2);
-    let varying: Vec<u64> = varying
-        .into_iter()
-        .filter(|a| !aux_values.iter().any(|f| f.addr == *a))
-        .collect();
-    image.fixups.extend(aux_values);
-    image.fixups.sort_by_key(|f| f.addr);
-    let unknown = vdso::find_entries(&mut image)?;
-    image.cpu_needs = plan.needs;
-    image.min_kernel = meta::min_kernel(&image.objects);
-    image.cpu_level = plan.name.clone();
+    let (fixup_notes, warnings) = (first.notes.clone(), first.warnings.clone());
+    let analysed = analysis::combine(first, second, argc_probe)?;
+    let (image, varying, unknown) = (&analysed.image, &analysed.varying, &analysed.unknown_vdso);
+    let target = descriptor::Target {
+        cpu_needs: plan.needs,
+        min_kernel: meta::min_kernel(&image.objects),
+        cpu_level: plan.name.clone(),
+    };
     let t_symbols = Instant::now();
     let symbols = if a.strip {
         Vec::new()
@@ -573,11 +560,25 @@ fn build(a: &BuildArgs) -> Result<()> {
     // is reported, and the temporary file removed).
     let deferred = DeferSignals::new();
     let tmp = output::Pending::create(&dir)?;
-    let stats = writer::write(tmp.file(), &image, &symbols, |image, st, usage| {
-        let mut m = meta::build(image, &prog, usage, st.stub_size, st.segments as u64, nsyms);
-        m.tunables = tunables.clone();
-        serde_json::to_vec(&m).expect("serialisable")
-    })
+    let stats = writer::write(
+        tmp.file(),
+        &analysed,
+        &target,
+        &symbols,
+        |image, st, usage| {
+            let mut m = meta::build(
+                image,
+                &target,
+                &prog,
+                usage,
+                st.stub_size,
+                st.segments as u64,
+                nsyms,
+            );
+            m.tunables = tunables.clone();
+            serde_json::to_vec(&m).expect("serialisable")
+        },
+    )
     .map_err(|e| writer_error(e, &a.output))?;
     let write_time = t_write.elapsed();
     tmp.persist(&a.output, output::executable_mode())?;
@@ -632,7 +633,7 @@ fn build(a: &BuildArgs) -> Result<()> {
         for o in &image.objects {
             eprintln!("  object {:#014x} {}", o.base, o.path.display());
         }
-        if let Some(v) = &image.vdso {
+        if let Some(v) = &analysed.vdso {
             let names: Vec<&str> = v.entries.iter().map(|e| e.name.as_str()).collect();
             eprintln!(
                 "  vDSO proxy {:#x}-{:#x}: {}",
@@ -641,7 +642,7 @@ fn build(a: &BuildArgs) -> Result<()> {
                 names.join(" ")
             );
         }
-        for f in &image.fixups {
+        for f in &analysed.fixups {
             eprintln!(
                 "  fixup {:#014x} kind {} arg {} offset {:#x}",
                 f.addr, f.kind, f.arg, f.offset
@@ -661,8 +662,8 @@ fn build(a: &BuildArgs) -> Result<()> {
         eprintln!(
             "elfpack: {} regions, {} fixups, {} vDSO entries; {} bytes stored, {} zero-filled, {} segments; stub {} bytes at {:#x}",
             image.regions.len(),
-            image.fixups.len(),
-            image.vdso.as_ref().map_or(0, |v| v.entries.len()),
+            analysed.fixups.len(),
+            analysed.vdso.as_ref().map_or(0, |v| v.entries.len()),
             stats.stored,
             stats.zero,
             stats.segments,
@@ -685,6 +686,5 @@ fn build(a: &BuildArgs) -> Result<()> {
             stats.file_size
         );
     }
-    let _: Option<Error> = None;
     Ok(())
 }

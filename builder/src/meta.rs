@@ -223,6 +223,7 @@ fn region_infos(image: &Image, usage: &[(u64, u64)]) -> Vec<RegionInfo> {
 /// Builds the document. `usage` holds (stored, zero) bytes per image region.
 pub fn build(
     image: &Image,
+    target: &crate::descriptor::Target,
     prog: &Program,
     usage: &[(u64, u64)],
     stub_size: u64,
@@ -242,13 +243,13 @@ pub fn build(
         elfpack_version: env!("CARGO_PKG_VERSION").into(),
         format_version: elfpack_stub::abi::FORMAT_VERSION,
         arch: prog.arch.name().into(),
-        cpu_level: image.cpu_level.clone(),
-        cpu_needs: crate::cpu::names(image.cpu_needs)
+        cpu_level: target.cpu_level.clone(),
+        cpu_needs: crate::cpu::names(target.cpu_needs)
             .split(", ")
             .filter(|s| !s.is_empty())
             .map(String::from)
             .collect(),
-        min_kernel: kernel_string(image.min_kernel),
+        min_kernel: kernel_string(target.min_kernel),
         program,
         captured_with: CapturedWith {
             kernel,

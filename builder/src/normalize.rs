@@ -5,7 +5,7 @@
 //! captures run on the first CPU the caller may use, because ld.so keeps CPUID results,
 //! and CPUID leaf 1 holds the APIC ID of the CPU it ran on.
 use crate::error::{other, Result};
-use crate::image::Image;
+use crate::image::{Fixup, Image};
 
 /// `struct rseq` (linux `include/uapi/linux/rseq.h`), for its field offsets: neither libc
 /// nor linux-raw-sys defines it.
@@ -51,7 +51,13 @@ pub fn reset_thread_state(image: &mut Image) {
 /// capture ran with one argument more than the first (`argc`): a 4-byte int that holds
 /// `argc` in `a` and `argc + 1` in `b` is the capture's argc (ld.so's `_dl_argc`), which
 /// becomes an `ARGC_INT` fixup instead.
-pub fn zero_differences(a: &mut Image, b: &Image, argc: Option<u64>) -> Result<Vec<u64>> {
+pub fn zero_differences(
+    a: &mut Image,
+    a_fixups: &mut Vec<Fixup>,
+    b: &Image,
+    b_fixups: &[Fixup],
+    argc: Option<u64>,
+) -> Result<Vec<u64>> {
     let shape = |i: &Image| {
         i.regions
             .iter()
@@ -69,28 +75,26 @@ pub fn zero_differences(a: &mut Image, b: &Image, argc: Option<u64>) -> Result<V
     // (on i386 its early allocations come from the break), which moves with the stack's
     // size. It varies, so it is zeroed like the other varying words (both captures
     // already hold zero there) and gets no fixup.
-    let stale: Vec<u64> = a
-        .fixups
+    let stale: Vec<u64> = a_fixups
         .iter()
-        .filter(|f| !b.fixups.contains(f))
+        .filter(|f| !b_fixups.contains(f))
         .map(|f| f.addr)
         .collect();
-    a.fixups.retain(|f| !stale.contains(&f.addr));
+    a_fixups.retain(|f| !stale.contains(&f.addr));
     let argc_ints = match argc.and_then(|n| u32::try_from(n).ok()) {
         Some(argc) => zero_argc_ints(a, b, argc),
         None => Vec::new(),
     };
     let mut diffs = stale;
     diffs.extend(zero_varying_words(a, b, &argc_ints));
-    a.fixups
-        .extend(argc_ints.iter().map(|&addr| crate::image::Fixup {
-            addr,
-            kind: elfpack_stub::abi::fixup_kind::ARGC_INT,
-            arg: 0,
-            offset: 0,
-            string: None,
-        }));
-    a.fixups.sort_by_key(|f| f.addr);
+    a_fixups.extend(argc_ints.iter().map(|&addr| Fixup {
+        addr,
+        kind: elfpack_stub::abi::fixup_kind::ARGC_INT,
+        arg: 0,
+        offset: 0,
+        string: None,
+    }));
+    a_fixups.sort_by_key(|f| f.addr);
     Ok(diffs)
 }
 
@@ -193,14 +197,10 @@ mod tests {
             enable_secure: 0,
             rseq_size: 0,
             secure_copies: vec![],
-            fixups: vec![],
             vdso: None,
             stack_flags: Some(6),
             read_implies_exec: false,
             objects: vec![],
-            cpu_needs: 0,
-            cpu_level: String::new(),
-            min_kernel: 0,
         }
     }
 
@@ -218,7 +218,7 @@ mod tests {
                 .flat_map(|w| w.to_le_bytes())
                 .collect(),
         );
-        let diffs = zero_differences(&mut a, &b, None).unwrap();
+        let diffs = zero_differences(&mut a, &mut vec![], &b, &[], None).unwrap();
         assert_eq!(diffs, vec![0x1008, 0x1018]);
         let d = a.regions[0].data.as_deref().unwrap();
         let words: Vec<u64> = d
@@ -232,7 +232,7 @@ mod tests {
     fn refuses_different_layouts() {
         let mut a = image(vec![0; 16]);
         let b = image(vec![0; 32]);
-        assert!(zero_differences(&mut a, &b, None).is_err());
+        assert!(zero_differences(&mut a, &mut vec![], &b, &[], None).is_err());
     }
 
     #[test]

@@ -3,17 +3,18 @@
 //! indirect jump through a slot that the stub fills at every start (the jumps are encoded
 //! with the descriptor, `descriptor.rs`, and written by the emission, `writer.rs`).
 use crate::error::{other, Result};
-use crate::image::{Image, VdsoEntry};
+use crate::image::{Image, Vdso, VdsoEntry};
 use elfpack_stub::abi::vdso_fn;
 use goblin::elf::{sym, Elf};
 
-/// Lists the vDSO functions of the captured vDSO (one entry per address).
-pub fn find_entries(image: &mut Image) -> Result<Vec<String>> {
-    let Some(v) = image.vdso.clone() else {
-        return Ok(Vec::new());
+/// The vDSO proxy of the image: the functions of the captured vDSO (one entry per
+/// address); and the names of those it leaves as they are.
+pub fn find_entries(image: &Image) -> Result<(Option<Vdso>, Vec<String>)> {
+    let Some((start, end)) = image.vdso else {
+        return Ok((None, Vec::new()));
     };
     let region = image
-        .region_of(v.start)
+        .region_of(start)
         .ok_or_else(|| other!("vDSO region missing"))?;
     let data = region
         .data
@@ -33,7 +34,7 @@ pub fn find_entries(image: &mut Image) -> Result<Vec<String>> {
             continue;
         }
         let name = elf.dynstrtab.get_at(s.st_name).unwrap_or("").to_string();
-        let addr = v.start + s.st_value - load_vaddr;
+        let addr = start + s.st_value - load_vaddr;
         match vdso_fn::by_name(name.as_bytes()) {
             Some(func) => {
                 if !entries.iter().any(|e| e.addr == addr) {
@@ -44,6 +45,12 @@ pub fn find_entries(image: &mut Image) -> Result<Vec<String>> {
         }
     }
     entries.sort_by_key(|e| e.addr);
-    image.vdso.as_mut().unwrap().entries = entries;
-    Ok(unknown)
+    Ok((
+        Some(Vdso {
+            start,
+            end,
+            entries,
+        }),
+        unknown,
+    ))
 }

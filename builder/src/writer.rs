@@ -8,8 +8,9 @@
 //! (so that tools know what is code), the symbol table and the `.elfpack` document
 //! (`sections.rs` then makes the section view consistent for ELF checkers). The output
 //! depends only on the image, so equal images give byte-identical files.
+use crate::analysis::Analysed;
 use crate::arch::ElfSizes;
-use crate::descriptor::{self, Encoded};
+use crate::descriptor::{self, Encoded, Target};
 use crate::error::{other, Result};
 use crate::image::{Image, PROT_EXEC, PROT_READ, PROT_WRITE};
 use crate::layout::{self, align_up, Kind, Layout, PAGE};
@@ -209,18 +210,19 @@ fn region_usage(image: &Image, plan: &layout::Plan) -> Vec<(u64, u64)> {
     usage
 }
 
-/// Writes the packed file for `image` into `file` (from offset 0), with `symbols` in a
+/// Writes the packed file for the analysed image into `file` (from offset 0), with `symbols` in a
 /// symbol table and the document `meta` returns (given the sizes and the (stored, zero)
 /// bytes of each region) in the non-loaded section `.elfpack`.
 pub fn write(
     file: &std::fs::File,
-    image: &Image,
+    a: &Analysed,
+    target: &Target,
     symbols: &[ImageSymbol],
     meta: impl FnOnce(&Image, &Stats, &[(u64, u64)]) -> Vec<u8>,
 ) -> Result<Stats> {
-    let entries = image.vdso.as_ref().map_or(&[][..], |v| &v.entries[..]);
-    let lay = layout::layout(image, entries.len())?;
-    let desc = descriptor::encode(image, entries, &lay)?;
+    let image = &a.image;
+    let lay = layout::layout(a, target)?;
+    let desc = descriptor::encode(a, target, &lay)?;
     let all = all_segments(image, &lay, desc)?;
     let sizes = &image.arch.spec().elf;
     let ctx = Ctx::new(sizes.container, Endian::Little);

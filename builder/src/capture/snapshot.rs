@@ -79,18 +79,10 @@ pub fn take(p: Parts, regs: &Regs, warnings: &mut Vec<String>) -> Result<Image> 
             "__libc_enable_secure",
             &p.start.interp_path,
         ),
-        fixups: Vec::new(),
-        vdso: vdso.map(|(start, end)| image::Vdso {
-            start,
-            end,
-            entries: Vec::new(),
-        }),
+        vdso,
         stack_flags: stack_flags(p.prog, &maps, stack),
         read_implies_exec,
         objects,
-        cpu_needs: 0,
-        cpu_level: String::new(),
-        min_kernel: 0,
     })
 }
 
