@@ -222,3 +222,81 @@ fn header(image: &Image, target: &Target, t: Tables) -> abi::Descriptor {
         _pad: 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{Fixup, Vdso, VdsoEntry};
+    use crate::program::Arch;
+
+    fn analysed(arch: Arch, start: u64) -> Analysed {
+        let image = Image::for_test(arch, start, vec![0x55; 0x3000]);
+        Analysed {
+            fixups: vec![Fixup {
+                addr: start + 0x10,
+                kind: abi::fixup_kind::ENV_STRING,
+                arg: 0,
+                offset: 5,
+                string: Some(b"HOME=/root\0".to_vec()),
+            }],
+            vdso: Some(Vdso {
+                start,
+                end: start + 0x3000,
+                entries: vec![VdsoEntry {
+                    addr: start + 0x800,
+                    func: 1,
+                    name: "__vdso_clock_gettime".into(),
+                }],
+            }),
+            image,
+            varying: vec![],
+            unknown_vdso: vec![],
+        }
+    }
+
+    fn target() -> Target {
+        Target {
+            cpu_needs: 3,
+            cpu_level: "x86-64 baseline".into(),
+            min_kernel: 0,
+        }
+    }
+
+    #[test]
+    fn encodes_header_tables_and_strings() {
+        let a = analysed(Arch::X86_64, 0x10_0000);
+        let lay = crate::layout::layout(&a, &target()).unwrap();
+        let e = encode(&a, &target(), &lay).unwrap();
+        assert!((e.bytes.len() as u64).is_multiple_of(PAGE));
+        assert!(e.bytes.len() as u64 <= reserved_len(&a, &target(), lay.plan.protect.len()));
+        assert_eq!(&e.bytes[..8], &abi::MAGIC);
+        // The fixup's string, then the CPU level's name, end the blob's used part.
+        let strings = b"HOME=/root\0x86-64 baseline\0";
+        let at = e
+            .bytes
+            .windows(strings.len())
+            .position(|w| w == strings)
+            .expect("string area");
+        assert!(at >= abi::DESCRIPTOR_SIZE);
+        // One proxy jump, rip-relative to its slot word in the descriptor.
+        assert_eq!(e.proxy.len(), 1);
+        let (entry, code) = e.proxy[0];
+        assert_eq!(entry, 0x10_0800);
+        let disp = i32::from_le_bytes(code[2..6].try_into().unwrap()) as i64;
+        let slot = (entry as i64 + 6 + disp) as u64;
+        assert!(slot >= lay.desc_addr && slot < lay.desc_addr + e.bytes.len() as u64);
+    }
+
+    #[test]
+    fn below_the_image_the_descriptor_fits_its_room() {
+        let a = analysed(Arch::I386, 0x5000_0000);
+        let lay = crate::layout::layout(&a, &target()).unwrap();
+        assert!(lay.stub_base < 0x5000_0000);
+        let e = encode(&a, &target(), &lay).unwrap();
+        assert!(e.bytes.len() as u64 <= lay.desc_room);
+        assert!(lay.desc_addr + lay.desc_room <= 0x5000_0000);
+        // jmp *abs32 through the slot.
+        let slot = u32::from_le_bytes(e.proxy[0].1[2..6].try_into().unwrap()) as u64;
+        assert!(slot >= lay.desc_addr && slot < lay.desc_addr + e.bytes.len() as u64);
+    }
+}

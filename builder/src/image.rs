@@ -178,3 +178,40 @@ impl Image {
         self.write_bytes(addr, &bytes[..w])
     }
 }
+
+#[cfg(test)]
+impl Image {
+    /// An image of one read-write region at `start` holding `bytes`.
+    pub fn for_test(arch: Arch, start: u64, bytes: Vec<u8>) -> Image {
+        Image {
+            arch,
+            regions: vec![Region {
+                start,
+                end: start + bytes.len() as u64,
+                prot: 3,
+                origin: String::new(),
+                file: None,
+                file_offset: 0,
+                data: Some(Data::Owned(bytes)),
+            }],
+            resume_pc: 0,
+            resume_kind: 0,
+            resume_dx: 0,
+            user_entry: 0,
+            at_phdr: 0,
+            at_phnum: 0,
+            at_phent: 0,
+            at_base: 0,
+            tls: Default::default(),
+            regs: Default::default(),
+            mm: Default::default(),
+            enable_secure: 0,
+            rseq_size: 0,
+            secure_copies: vec![],
+            vdso: None,
+            stack_flags: Some(6),
+            read_implies_exec: false,
+            objects: vec![],
+        }
+    }
+}

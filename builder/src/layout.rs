@@ -410,6 +410,33 @@ fn place_stub(placement: StubPlacement, lo: u64, hi: u64, total: u64) -> Result<
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_stub_goes_above_or_below_the_image() {
+        let above = place_stub(StubPlacement::Above, 0x1000, 0x12345, 0x5000).unwrap();
+        assert_eq!(above, 0x30000);
+        let below = place_stub(StubPlacement::Below, 0x10_0000, 0x20_0000, 0x5000).unwrap();
+        assert_eq!(below, 0xe0000);
+        assert!(place_stub(StubPlacement::Below, 0x20000, 0x30000, 0x5000).is_err());
+    }
+
+    #[test]
+    fn layout_places_the_stub_clear_of_the_image() {
+        let image = Image::for_test(crate::program::Arch::X86_64, 0x40_0000, vec![1; 0x2000]);
+        let a = Analysed {
+            image,
+            fixups: vec![],
+            vdso: None,
+            varying: vec![],
+            unknown_vdso: vec![],
+        };
+        let lay = layout(&a, &Target::default()).unwrap();
+        assert_eq!(lay.stub_base, 0x42_0000);
+        assert_eq!(lay.desc_addr, lay.stub_base + lay.stub.desc_offset);
+        assert_eq!(lay.desc_room, u64::MAX);
+        assert_eq!(lay.plan.segments.len(), 1);
+        assert!(lay.plan.protect.is_empty());
+    }
+
     fn piece(start: u64, pages: u64, kind: Kind, prot: u32) -> Piece {
         Piece {
             start: start * PAGE,

@@ -168,40 +168,10 @@ fn zero_varying_words(a: &mut Image, b: &Image, argc_ints: &[u64]) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{Data, Region};
     use crate::program::Arch;
 
     fn image(bytes: Vec<u8>) -> Image {
-        Image {
-            arch: Arch::X86_64,
-            regions: vec![Region {
-                start: 0x1000,
-                end: 0x1000 + bytes.len() as u64,
-                prot: 3,
-                origin: String::new(),
-                file: None,
-                file_offset: 0,
-                data: Some(Data::Owned(bytes)),
-            }],
-            resume_pc: 0,
-            resume_kind: 0,
-            resume_dx: 0,
-            user_entry: 0,
-            at_phdr: 0,
-            at_phnum: 0,
-            at_phent: 0,
-            at_base: 0,
-            tls: Default::default(),
-            regs: Default::default(),
-            mm: Default::default(),
-            enable_secure: 0,
-            rseq_size: 0,
-            secure_copies: vec![],
-            vdso: None,
-            stack_flags: Some(6),
-            read_implies_exec: false,
-            objects: vec![],
-        }
+        Image::for_test(Arch::X86_64, 0x1000, bytes)
     }
 
     #[test]
