@@ -3,7 +3,7 @@
 //! (what differs between captures, and the capture's own thread state) and
 //! [`crate::vdso`] (the vDSO proxy's entries). Each step takes the image it works on by
 //! value and hands on a new value: [`Prepared`] per capture, then one [`Analysed`].
-use crate::capture::{Captured, StackInfo};
+use crate::capture::{Snapshot, StackInfo};
 use crate::error::Result;
 use crate::image::{Fixup, Image, Vdso};
 use crate::{fixups, normalize, vdso};
@@ -33,8 +33,8 @@ pub struct Analysed {
 }
 
 /// Finds the per-run words of one capture and resets its thread state.
-pub fn prepare(c: Captured) -> Result<Prepared> {
-    let Captured {
+pub fn prepare(c: Snapshot) -> Result<Prepared> {
+    let Snapshot {
         mut image,
         stack,
         warnings,

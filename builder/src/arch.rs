@@ -32,6 +32,8 @@ pub struct ElfSizes {
     pub phdr: u64,
     pub shdr: usize,
     pub sym: usize,
+    /// The largest file offset the class can express.
+    pub max_offset: u64,
 }
 
 /// How the capture steers ld.so's placements (see `capture::steer`).
@@ -177,6 +179,7 @@ pub static X86_64: ArchSpec = ArchSpec {
         phdr: goblin::elf64::program_header::SIZEOF_PHDR as u64,
         shdr: goblin::elf64::section_header::SIZEOF_SHDR,
         sym: goblin::elf64::sym::SIZEOF_SYM,
+        max_offset: u64::MAX,
     },
     steer: Steer {
         heap_room: 32 * GIB,
@@ -237,6 +240,7 @@ pub static I386: ArchSpec = ArchSpec {
         phdr: goblin::elf32::program_header::SIZEOF_PHDR as u64,
         shdr: goblin::elf32::section_header::SIZEOF_SHDR,
         sym: goblin::elf32::sym::SIZEOF_SYM,
+        max_offset: u32::MAX as u64,
     },
     steer: Steer {
         heap_room: 512 << 20,

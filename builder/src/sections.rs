@@ -12,8 +12,9 @@
 //!   its flags: a NOBITS section alone does not mark a segment writable for elflint;
 //! * a symbol that does not fit in the section it names (an object that runs from a
 //!   file-backed segment into a zero-fill one) becomes SHN_ABS: its address stays exact.
+use crate::arch::ElfSizes;
 use crate::error::{other, Result};
-use goblin::container::{Container, Ctx, Endian};
+use goblin::container::{Ctx, Endian};
 use goblin::elf::program_header::{ProgramHeader, PT_LOAD};
 use goblin::elf::section_header::{
     SectionHeader, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_ABS, SHT_NOBITS, SHT_PROGBITS,
@@ -38,7 +39,6 @@ fn fail(what: &str) -> crate::error::Error {
 struct Headers {
     header: goblin::elf::Header,
     ctx: Ctx,
-    is64: bool,
     phoff: usize,
     phentsize: usize,
     shoff: usize,
@@ -48,14 +48,8 @@ struct Headers {
     shdrs: Vec<SectionHeader>,
 }
 
-fn read_headers(bytes: &[u8]) -> Result<Headers> {
-    let is64 = bytes.get(4) == Some(&2);
-    let container = if is64 {
-        Container::Big
-    } else {
-        Container::Little
-    };
-    let ctx = Ctx::new(container, Endian::Little);
+fn read_headers(bytes: &[u8], sizes: &ElfSizes) -> Result<Headers> {
+    let ctx = Ctx::new(sizes.container, Endian::Little);
     let header: goblin::elf::Header = bytes
         .pread_with(0, Endian::Little)
         .map_err(|_| fail("header"))?;
@@ -80,7 +74,6 @@ fn read_headers(bytes: &[u8]) -> Result<Headers> {
     Ok(Headers {
         header,
         ctx,
-        is64,
         phoff,
         phentsize,
         shoff,
@@ -95,12 +88,11 @@ fn read_headers(bytes: &[u8]) -> Result<Headers> {
 /// file-backed segment's range, each spaced by its memory size; returns the PROGBITS
 /// sections that mark the writable or executable ones, or `None` when the file cannot
 /// express the offsets (it is then left as written).
-fn place_zero_fill(h: &mut Headers, file_len: u64) -> Result<Option<Vec<SectionHeader>>> {
-    let max_off = if h.is64 {
-        u64::MAX
-    } else {
-        u64::from(u32::MAX)
-    };
+fn place_zero_fill(
+    h: &mut Headers,
+    file_len: u64,
+    max_off: u64,
+) -> Result<Option<Vec<SectionHeader>>> {
     let mut next = h
         .phdrs
         .iter()
@@ -166,18 +158,9 @@ fn marker_section(p: &ProgramHeader, name: usize, offset: u64) -> Option<Section
     })
 }
 
-fn sym_size(is64: bool) -> usize {
-    if is64 {
-        goblin::elf64::sym::SIZEOF_SYM
-    } else {
-        goblin::elf32::sym::SIZEOF_SYM
-    }
-}
-
 /// Symbols that do not fit in their section, made SHN_ABS: (file offset, symbol).
-fn misfit_symbols(bytes: &[u8], h: &Headers) -> Result<Vec<(usize, Sym)>> {
+fn misfit_symbols(bytes: &[u8], h: &Headers, size: usize) -> Result<Vec<(usize, Sym)>> {
     let mut sym_writes: Vec<(usize, Sym)> = Vec::new();
-    let size = sym_size(h.is64);
     for st in h.shdrs.iter().filter(|s| s.sh_type == SHT_SYMTAB) {
         let (off, n) = (st.sh_offset as usize, st.sh_size as usize / size);
         for i in 0..n {
@@ -217,17 +200,17 @@ fn section_table(h: &Headers, shdrs: &[SectionHeader]) -> Result<Vec<u8>> {
     Ok(table)
 }
 
-/// Applies the fixes to the ELF file `file` (written by `writer::write`); returns the
-/// file's size afterwards.
-pub fn make_consistent(file: &File) -> Result<u64> {
+/// Applies the fixes to the ELF file `file` (written by `writer::write`, of the class
+/// `sizes` describes); returns the file's size afterwards.
+pub fn make_consistent(file: &File, sizes: &ElfSizes) -> Result<u64> {
     let bytes = crate::files::map_file(file).map_err(|e| fail(&e.to_string()))?;
     let bytes: &[u8] = &bytes;
     let file_len = bytes.len() as u64;
-    let mut h = read_headers(bytes)?;
-    let Some(extra) = place_zero_fill(&mut h, file_len)? else {
+    let mut h = read_headers(bytes, sizes)?;
+    let Some(extra) = place_zero_fill(&mut h, file_len, sizes.max_offset)? else {
         return Ok(file_len);
     };
-    let sym_writes = misfit_symbols(bytes, &h)?;
+    let sym_writes = misfit_symbols(bytes, &h, sizes.sym)?;
     // Write: program headers, symbols, then the section headers (with the new ones) where
     // the table was if it ends the file, else after the end.
     for (i, p) in h.phdrs.iter().enumerate() {
@@ -237,7 +220,7 @@ pub fn make_consistent(file: &File) -> Result<u64> {
         write(file, &b, (h.phoff + i * h.phentsize) as u64)?;
     }
     for (at, sym) in sym_writes {
-        let mut b = vec![0u8; sym_size(h.is64)];
+        let mut b = vec![0u8; sizes.sym];
         b.pwrite_with(sym, 0, h.ctx).map_err(|_| fail("symbol"))?;
         write(file, &b, at as u64)?;
     }

@@ -48,11 +48,9 @@ pub fn relocated(arch: Arch, base: u64) -> Result<Stub> {
             .ok_or_else(|| other!("stub relocation at {off:#x} outside its segments"))?;
         let at = (off - seg.0) as usize;
         let cur = &mut seg.1[at..at + word];
-        let implicit = if word == 8 {
-            u64::from_le_bytes(cur.try_into().unwrap())
-        } else {
-            u64::from(u32::from_le_bytes(cur.try_into().unwrap()))
-        };
+        let mut implicit = [0u8; 8];
+        implicit[..word].copy_from_slice(cur);
+        let implicit = u64::from_le_bytes(implicit);
         let v = base.wrapping_add(addend.map_or(implicit, |a| a as u64));
         cur.copy_from_slice(&v.to_le_bytes()[..word]);
         Ok(())

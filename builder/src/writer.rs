@@ -273,7 +273,7 @@ pub fn write(
     h.e_shstrndx = shstrndx;
     h.into_ctx(&mut head[..sizes.ehdr as usize], ctx);
     write_at(file, &head, 0)?;
-    stats.file_size = crate::sections::make_consistent(file)?;
+    stats.file_size = crate::sections::make_consistent(file, sizes)?;
     Ok(stats)
 }
 

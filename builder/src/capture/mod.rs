@@ -51,14 +51,15 @@ pub struct Options {
     pub quiet: bool,
 }
 
-/// What the capture hands to the image builder.
-pub struct Captured {
+/// What a capture hands to the analysis: the process image, the initial stack it was
+/// started with, and what the capture noticed.
+pub struct Snapshot {
     pub image: Image,
     pub stack: StackInfo,
     pub warnings: Vec<String>,
 }
 
-pub fn capture(prog: &Program, opts: &Options) -> Result<Captured> {
+pub fn capture(prog: &Program, opts: &Options) -> Result<Snapshot> {
     let mut t = Tracee::spawn(&prog.path, &opts.args, &opts.env, opts.quiet)?;
     let pid = t.pid.as_raw();
     let mem = Memory::open(pid)?;
@@ -122,7 +123,7 @@ fn start(t: &Tracee, mem: &Memory, word: usize, mask: u64) -> Result<steer::Star
     })
 }
 
-fn run(t: &mut Tracee, prog: &Program, mem: &Memory, opts: &Options) -> Result<Captured> {
+fn run(t: &mut Tracee, prog: &Program, mem: &Memory, opts: &Options) -> Result<Snapshot> {
     let spec = prog.arch.spec();
     let mut s = start(t, mem, spec.word, spec.mask)?;
     let fake_brk = if prog.pie && !opts.at_entry {
@@ -159,7 +160,7 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, opts: &Options) -> Result<C
         skip_code: opts.skip_code,
     };
     let image = snapshot::take(parts, &regs, &mut warnings)?;
-    Ok(Captured {
+    Ok(Snapshot {
         image,
         stack,
         warnings,
