@@ -1,6 +1,6 @@
 //! Capture: runs the program under ptrace until glibc's ld.so has loaded, relocated and
 //! bound everything (the return from `_dl_start` into `_dl_start_user`), steering where it
-//! places things so that the image is compact, and reads the process into an [`Image`].
+//! places things so that the image is compact, and reads the process into a [`Snapshot`].
 //!
 //! Steps ([`run`]):
 //! 1. spawn without ASLR (so two captures see the same addresses), stopped at ld.so's
