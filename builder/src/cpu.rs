@@ -94,8 +94,7 @@ pub fn plan(level: Level, arch: Arch) -> Result<Plan> {
     let host = host();
     let (name, allowed) = match (level, arch) {
         (Level::Native, _) => ("native".to_string(), host),
-        (Level::Baseline, Arch::X86_64) => ("x86-64 baseline".to_string(), CMOV | SSE2),
-        (Level::Baseline, Arch::I386) => ("i686 baseline".to_string(), CMOV | SSE2),
+        (Level::Baseline, _) => (arch.spec().baseline_name.to_string(), CMOV | SSE2),
         (Level::V2, _) => ("x86-64-v2".to_string(), V2 | CMOV | SSE2),
         (Level::V3, _) => ("x86-64-v3".to_string(), V3 | CMOV | SSE2),
         (Level::V4, _) => ("x86-64-v4".to_string(), V4 | CMOV | SSE2),

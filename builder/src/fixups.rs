@@ -6,16 +6,14 @@
 //! writes this run's value.
 use crate::capture::{StackInfo, GETRANDOM_PATTERN, RANDOM_PATTERN};
 use crate::error::{other, Result};
-use crate::image::{Fixup, Image, PROT_EXEC};
+use crate::image::{Fixup, Image, Region, PROT_EXEC};
 use elfpack_stub::abi::fixup_kind as k;
+use nix::libc::{AT_BASE_PLATFORM, AT_EXECFN, AT_PLATFORM, AT_RANDOM};
+
+const PAGE: usize = 4096;
 
 /// Auxv tags whose values point into the initial stack.
-const POINTER_AUX: [u64; 4] = [
-    15, /* AT_PLATFORM */
-    24, /* AT_BASE_PLATFORM */
-    25, /* AT_RANDOM */
-    31, /* AT_EXECFN */
-];
+const POINTER_AUX: [u64; 4] = [AT_PLATFORM, AT_BASE_PLATFORM, AT_RANDOM, AT_EXECFN];
 
 fn word_of(bytes: &[u8], w: usize) -> u64 {
     let mut b = [0u8; 8];
@@ -88,13 +86,14 @@ fn classify(st: &StackInfo, w: u64, v: u64, addr: u64) -> Result<Fixup> {
             return Ok(fx);
         }
     }
-    // The other auxv strings (AT_PLATFORM, AT_EXECFN, ...): the nearest one at or below.
-    let nearest = POINTER_AUX
+    // The other auxv strings (AT_PLATFORM, AT_EXECFN, ...): the entry that points
+    // exactly at the word's value (the last such tag in POINTER_AUX).
+    let exact = POINTER_AUX
         .iter()
         .filter_map(|&tag| st.aux(tag).map(|p| (tag, p)))
         .filter(|&(_, p)| p == v)
         .max_by_key(|&(_, p)| p);
-    if let Some((tag, p)) = nearest {
+    if let Some((tag, p)) = exact {
         return Ok(f(k::AUX_POINTER, tag as u32, v - p));
     }
     Err(other!(
@@ -140,23 +139,96 @@ pub fn aux_values(a: &Image, b: &Image, sa: &StackInfo, sb: &StackInfo) -> Vec<F
     found
 }
 
-/// Finds every fixup, records it in `image.fixups` and zeroes the word in the image.
-/// Returns notes on words that fall inside the capture-time stack's range without pointing
+/// The values ld.so derived from the capture's patterns, which the scan looks for.
+struct Secrets {
+    canary: u64,
+    guard: u64,
+    key: u64,
+    /// Captured at the program entry, initializers have already stored pointers mangled
+    /// with the capture's pointer guard (atexit handlers): it must stay as it is.
+    keep_guard: bool,
+}
+
+/// Which pages of region `r` ld.so wrote (all of them for anonymous memory): those that
+/// differ from the file, which the kernel maps zero-padded past its end. Pages still
+/// equal to their file hold nothing ld.so wrote (constant tables, such as
+/// .eh_frame_hdr's relative offsets, can look like stack addresses on i386).
+fn written_pages(r: &Region, data: &[u8]) -> Vec<bool> {
+    let file = r.file.as_ref().and_then(|f| crate::files::map(f).ok());
+    data.chunks(PAGE)
+        .enumerate()
+        .map(|(k, page)| match &file {
+            Some(f) => {
+                let from = (r.file_offset as usize + k * PAGE).min(f.len());
+                let to = (from + page.len()).min(f.len());
+                let (head, tail) = page.split_at(to - from);
+                head != &f[from..to] || tail.iter().any(|&b| b != 0)
+            }
+            None => true,
+        })
+        .collect()
+}
+
+/// What the scan found.
+#[derive(Default)]
+struct Found {
+    fixups: Vec<Fixup>,
+    /// Stale stack addresses, to be zeroed.
+    stale: Vec<u64>,
+    notes: Vec<String>,
+}
+
+/// Scans the words of region `r` that ld.so wrote.
+fn scan(r: &Region, data: &[u8], st: &StackInfo, w: usize, s: &Secrets, out: &mut Found) {
+    let written = written_pages(r, data);
+    let fixup = |addr, kind| Fixup {
+        addr,
+        kind,
+        arg: 0,
+        offset: 0,
+        string: None,
+    };
+    for (i, chunk) in data.chunks_exact(w).enumerate() {
+        if !written[i * w / PAGE] {
+            continue;
+        }
+        let v = word_of(chunk, w);
+        let addr = r.start + (i * w) as u64;
+        if v == s.canary {
+            out.fixups.push(fixup(addr, k::CANARY));
+        } else if v == s.guard && !s.keep_guard {
+            out.fixups.push(fixup(addr, k::POINTER_GUARD));
+        } else if v == s.key {
+            out.fixups.push(fixup(addr, k::RANDOM_KEY));
+        } else if v >= st.lo && v < st.hi {
+            match classify(st, w as u64, v, addr) {
+                Ok(f) => out.fixups.push(f),
+                // At the hand-over the break holds only what ld.so allocated while
+                // starting (glibc `elf/dl-minimal-malloc.c`, `_dl_early_allocate`):
+                // a stack address there is a stale frame address. It depends on the
+                // capture's environment size, so it is zeroed, for reproducible output.
+                Err(_) if r.origin == "[heap]" && !s.keep_guard => out.stale.push(addr),
+                Err(e) => out.notes.push(e.to_string()),
+            }
+        }
+    }
+}
+
+/// Finds every fixup and zeroes its word in the image; returns the fixups, sorted by
+/// address, and notes on words that fall inside the capture-time stack's range without pointing
 /// at any of its parts (on i386 ordinary data can look like such an address); those are
 /// left as they are.
-pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
-    let mut notes = Vec::new();
+pub fn find(image: &mut Image, st: &StackInfo) -> Result<(Vec<Fixup>, Vec<String>)> {
     let w = image.arch.word();
-    let canary = word_of(&RANDOM_PATTERN, w) & !0xff;
-    let guard = word_of(&RANDOM_PATTERN[w..], w);
-    // What getrandom(2) returned at capture (see GETRANDOM_PATTERN): a secret such as
-    // malloc's tcache_key (glibc 2.42+).
-    let key = word_of(&GETRANDOM_PATTERN, w);
-    // Captured at the program entry, initializers have already stored pointers mangled
-    // with the capture's pointer guard (atexit handlers): it must stay as it is.
-    let keep_guard = image.resume_kind == elfpack_stub::abi::RESUME_ENTRY;
-    let mut found = Vec::new();
-    let mut stale = Vec::new();
+    let secrets = Secrets {
+        canary: word_of(&RANDOM_PATTERN, w) & !0xff,
+        guard: word_of(&RANDOM_PATTERN[w..], w),
+        // What getrandom(2) returned at capture (see GETRANDOM_PATTERN): a secret such
+        // as malloc's tcache_key (glibc 2.42+).
+        key: word_of(&GETRANDOM_PATTERN, w),
+        keep_guard: image.resume_kind == elfpack_stub::abi::RESUME_ENTRY,
+    };
+    let mut found = Found::default();
     for r in &image.regions {
         // Code is never written by ld.so here (BIND_NOW binds through the GOT), except that
         // under READ_IMPLIES_EXEC every region looks like code.
@@ -165,78 +237,20 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
             continue;
         }
         // The file's own bytes: nothing ld.so wrote.
-        let Some(data) = r
+        if let Some(data) = r
             .data
             .as_deref()
             .filter(|_| !r.data.as_ref().is_some_and(|d| d.is_file()))
-        else {
-            continue;
-        };
-        // Pages still equal to their file hold nothing ld.so wrote (constant tables, such
-        // as .eh_frame_hdr's relative offsets, can look like stack addresses on i386).
-        let file = r.file.as_ref().and_then(|f| crate::files::map(f).ok());
-        // Which pages ld.so wrote (all of them for anonymous memory): those that differ
-        // from the file, which the kernel maps zero-padded past its end.
-        let written: Vec<bool> = data
-            .chunks(4096)
-            .enumerate()
-            .map(|(k, page)| match &file {
-                Some(f) => {
-                    let from = (r.file_offset as usize + k * 4096).min(f.len());
-                    let to = (from + page.len()).min(f.len());
-                    let (head, tail) = page.split_at(to - from);
-                    head != &f[from..to] || tail.iter().any(|&b| b != 0)
-                }
-                None => true,
-            })
-            .collect();
-        for (i, chunk) in data.chunks_exact(w).enumerate() {
-            if !written[i * w / 4096] {
-                continue;
-            }
-            let v = word_of(chunk, w);
-            let addr = r.start + (i * w) as u64;
-            if v == canary {
-                found.push(Fixup {
-                    addr,
-                    kind: k::CANARY,
-                    arg: 0,
-                    offset: 0,
-                    string: None,
-                });
-            } else if v == guard && !keep_guard {
-                found.push(Fixup {
-                    addr,
-                    kind: k::POINTER_GUARD,
-                    arg: 0,
-                    offset: 0,
-                    string: None,
-                });
-            } else if v == key {
-                found.push(Fixup {
-                    addr,
-                    kind: k::RANDOM_KEY,
-                    arg: 0,
-                    offset: 0,
-                    string: None,
-                });
-            } else if v >= st.lo && v < st.hi {
-                match classify(st, w as u64, v, addr) {
-                    Ok(f) => found.push(f),
-                    // At the hand-over the break holds only what ld.so allocated while
-                    // starting (glibc `elf/dl-minimal-malloc.c`, `_dl_early_allocate`):
-                    // a stack address there is a stale frame address. It depends on the
-                    // capture's environment size, so it is zeroed, for reproducible output.
-                    Err(_) if r.origin == "[heap]" && !keep_guard => stale.push(addr),
-                    Err(e) => notes.push(e.to_string()),
-                }
-            }
+        {
+            scan(r, data, st, w, &secrets, &mut found);
         }
     }
-    for f in &found {
-        image.write_word(f.addr, 0);
-    }
-    for &addr in &stale {
+    let Found {
+        fixups: mut found,
+        stale,
+        notes,
+    } = found;
+    for addr in found.iter().map(|f| f.addr).chain(stale) {
         image.write_word(addr, 0);
     }
     // Copies of `__libc_enable_secure` get this run's AT_SECURE (the capture's is 0).
@@ -248,8 +262,7 @@ pub fn find(image: &mut Image, st: &StackInfo) -> Result<Vec<String>> {
         string: None,
     }));
     found.sort_by_key(|f| f.addr);
-    image.fixups = found;
-    Ok(notes)
+    Ok((found, notes))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The captured process as plain data: memory regions, the resume point, thread state, the
-//! program break, the auxv values that describe the program, pointer fixups and the
-//! kernel registrations to replay. No I/O happens here; capture fills it, the writer reads it.
+//! program break, the auxv values that describe the program and the kernel registrations
+//! to replay. No I/O happens here: the capture makes an [`Image`], the analysis zeroes the
+//! per-run words of its own copy and adds the [`Fixup`]s and the [`Vdso`] proxy's entries
+//! (`analysis.rs`), and layout, descriptor encoding and emission read it.
 use crate::program::Arch;
 use elfpack_stub::abi;
 
@@ -94,7 +96,7 @@ pub struct VdsoEntry {
     pub name: String,
 }
 
-/// The captured vDSO: where it sits in the image and its function entries.
+/// The vDSO proxy: where the captured vDSO sits in the image and its function entries.
 #[derive(Clone, Debug, Default)]
 pub struct Vdso {
     pub start: u64,
@@ -132,8 +134,8 @@ pub struct Image {
     pub rseq_size: u64,
     /// Other copies of `int __libc_enable_secure` (a program's copy relocation of it).
     pub secure_copies: Vec<u64>,
-    pub fixups: Vec<Fixup>,
-    pub vdso: Option<Vdso>,
+    /// Where the vDSO is mapped (the image keeps a copy of it).
+    pub vdso: Option<(u64, u64)>,
     /// PT_GNU_STACK flags of the output: executable exactly when the captured process's
     /// stack was (ld.so makes it so for a library whose PT_GNU_STACK asks for it). `None`
     /// when the program has no PT_GNU_STACK: the kernel then gives i386 programs
@@ -144,10 +146,6 @@ pub struct Image {
     /// protection does not tell code from data.
     pub read_implies_exec: bool,
     pub objects: Vec<Object>,
-    pub cpu_needs: u64,
-    pub cpu_level: String,
-    /// The oldest kernel the image runs on (`abi::kernel_version`).
-    pub min_kernel: u32,
 }
 
 impl Image {
@@ -178,5 +176,42 @@ impl Image {
         let w = self.arch.word();
         let bytes = value.to_le_bytes();
         self.write_bytes(addr, &bytes[..w])
+    }
+}
+
+#[cfg(test)]
+impl Image {
+    /// An image of one read-write region at `start` holding `bytes`.
+    pub fn for_test(arch: Arch, start: u64, bytes: Vec<u8>) -> Image {
+        Image {
+            arch,
+            regions: vec![Region {
+                start,
+                end: start + bytes.len() as u64,
+                prot: 3,
+                origin: String::new(),
+                file: None,
+                file_offset: 0,
+                data: Some(Data::Owned(bytes)),
+            }],
+            resume_pc: 0,
+            resume_kind: 0,
+            resume_dx: 0,
+            user_entry: 0,
+            at_phdr: 0,
+            at_phnum: 0,
+            at_phent: 0,
+            at_base: 0,
+            tls: Default::default(),
+            regs: Default::default(),
+            mm: Default::default(),
+            enable_secure: 0,
+            rseq_size: 0,
+            secure_copies: vec![],
+            vdso: None,
+            stack_flags: Some(6),
+            read_implies_exec: false,
+            objects: vec![],
+        }
     }
 }

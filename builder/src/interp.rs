@@ -82,7 +82,7 @@ pub fn check(shown: &str, interp: &Path, arch: Arch) -> Result<bool> {
         Ok(e) if bytes.starts_with(b"\x7fELF") => e,
         _ => return Err(not_glibc("not an ELF file")),
     };
-    if elf.is_64 != (arch == Arch::X86_64) || elf.header.e_machine != arch.e_machine() {
+    if elf.is_64 != arch.spec().is64() || elf.header.e_machine != arch.e_machine() {
         return Err(not_glibc("another class or machine"));
     }
     if elf.header.e_type != header::ET_DYN {

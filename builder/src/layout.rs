@@ -24,10 +24,26 @@
 //! over its budget, the cheapest merge is made. A merge costs the zero bytes it stores and
 //! the system calls the stub makes at every start; the page-to-call rate below prefers
 //! splitting at big zero runs (bss, reserved ranges) and merging across small ones.
-use crate::image::{Image, PROT_EXEC, PROT_READ, PROT_WRITE};
+//!
+//! The [`Layout`] adds where the stub and its descriptor go. Nothing here reads or writes
+//! a file: the layout is a value computed from the image alone.
+use crate::analysis::Analysed;
+use crate::arch::StubPlacement;
+use crate::descriptor::Target;
+use crate::error::{other, Result};
+use crate::image::{Fixup, Image, PROT_EXEC, PROT_READ, PROT_WRITE};
+use crate::stub_blob::{self, Stub};
 use elfpack_stub::abi::{Protect, PROT_UNMAP};
 
 pub const PAGE: u64 = 4096;
+/// The most program headers an output has, whatever the input: well under one page of
+/// headers (73 for ELF64, 128 for ELF32), the most kernels before 6.17 accept (linux
+/// `fs/binfmt_elf.c`, `load_elf_phdrs`).
+pub const MAX_PHDRS: usize = 32;
+/// Program headers besides the image's and the stub's: the descriptor, PT_GNU_STACK.
+const OTHER_PHDRS: usize = 2;
+/// The stub's alignment, and the gap between it and the image.
+const STUB_ALIGN: u64 = 0x10000;
 /// The cost of one `mprotect`/`munmap` at every start, in stored zero pages.
 const CALL_COST: u64 = 4;
 
@@ -315,9 +331,111 @@ pub fn plan(pieces: Vec<Piece>, budget: usize) -> Plan {
     }
 }
 
+pub fn align_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+/// The output's layout: the image's segments, and the stub (relocated to its place) with
+/// the descriptor after it.
+pub struct Layout {
+    pub plan: Plan,
+    pub stub: Stub,
+    pub stub_base: u64,
+    /// `__elfpack_desc`: where the descriptor goes.
+    pub desc_addr: u64,
+    /// The most bytes the descriptor may take: the room reserved for it below the image,
+    /// or no limit above.
+    pub desc_room: u64,
+}
+
+/// The addresses the stub writes into before it seals the image.
+pub fn written(image: &Image, fixups: &[Fixup]) -> Vec<u64> {
+    let mut w: Vec<u64> = fixups.iter().map(|f| f.addr).collect();
+    w.extend(
+        [image.enable_secure, image.rseq_size, image.regs.tid_address]
+            .into_iter()
+            .filter(|&a| a != 0),
+    );
+    if image.regs.rseq_area != 0 {
+        // The `cpu_id` field the stub sets (linux `include/uapi/linux/rseq.h`).
+        w.push(image.regs.rseq_area + crate::normalize::RSEQ_CPU_ID);
+    }
+    w
+}
+
+/// Lays out the analysed image.
+pub fn layout(a: &Analysed, target: &Target) -> Result<Layout> {
+    let image = &a.image;
+    let spec = image.arch.spec();
+    let probe = stub_blob::relocated(image.arch, 0)?;
+    let budget = MAX_PHDRS
+        .checked_sub(probe.segments.len() + OTHER_PHDRS)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| other!("internal error: the stub has too many segments"))?;
+    let plan = plan(pieces(image, &written(image, &a.fixups)), budget);
+    let reserved = crate::descriptor::reserved_len(a, target, plan.protect.len());
+    let lo = image.regions.iter().map(|r| r.start).min().unwrap_or(0);
+    let hi = image.regions.iter().map(|r| r.end).max().unwrap_or(0);
+    let stub_base = place_stub(spec.stub_placement, lo, hi, probe.desc_offset + reserved)?;
+    let stub = stub_blob::relocated(image.arch, stub_base)?;
+    let desc_room = match spec.stub_placement {
+        StubPlacement::Above => u64::MAX,
+        StubPlacement::Below => reserved,
+    };
+    Ok(Layout {
+        plan,
+        desc_addr: stub_base + stub.desc_offset,
+        stub,
+        stub_base,
+        desc_room,
+    })
+}
+
+/// The stub's base for an image at `lo..hi`, with `total` bytes for the stub and the
+/// descriptor.
+fn place_stub(placement: StubPlacement, lo: u64, hi: u64, total: u64) -> Result<u64> {
+    match placement {
+        StubPlacement::Above => Ok(align_up(hi, STUB_ALIGN) + STUB_ALIGN),
+        StubPlacement::Below => {
+            let b = (lo.saturating_sub(total + STUB_ALIGN)) & !(STUB_ALIGN - 1);
+            if b < STUB_ALIGN {
+                return Err(other!("no room below the image for the stub"));
+            }
+            Ok(b)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stub_goes_above_or_below_the_image() {
+        let above = place_stub(StubPlacement::Above, 0x1000, 0x12345, 0x5000).unwrap();
+        assert_eq!(above, 0x30000);
+        let below = place_stub(StubPlacement::Below, 0x10_0000, 0x20_0000, 0x5000).unwrap();
+        assert_eq!(below, 0xe0000);
+        assert!(place_stub(StubPlacement::Below, 0x20000, 0x30000, 0x5000).is_err());
+    }
+
+    #[test]
+    fn layout_places_the_stub_clear_of_the_image() {
+        let image = Image::for_test(crate::program::Arch::X86_64, 0x40_0000, vec![1; 0x2000]);
+        let a = Analysed {
+            image,
+            fixups: vec![],
+            vdso: None,
+            varying: vec![],
+            unknown_vdso: vec![],
+        };
+        let lay = layout(&a, &Target::default()).unwrap();
+        assert_eq!(lay.stub_base, 0x42_0000);
+        assert_eq!(lay.desc_addr, lay.stub_base + lay.stub.desc_offset);
+        assert_eq!(lay.desc_room, u64::MAX);
+        assert_eq!(lay.plan.segments.len(), 1);
+        assert!(lay.plan.protect.is_empty());
+    }
 
     fn piece(start: u64, pages: u64, kind: Kind, prot: u32) -> Piece {
         Piece {

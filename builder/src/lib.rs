@@ -1,9 +1,11 @@
 //! `elfpack`: packs a dynamically linked Linux ELF program into one self-contained
 //! executable.
 //!
-//! Data flows one way: PROGRAM → [`capture`] (ptrace, /proc) → [`image`] (plain data) →
-//! [`fixups`] and [`vdso`] (what the stub must redo per run) → [`writer`] (ELF bytes, with
-//! the stub from [`stub_blob`]) → OUTPUT.
+//! Data flows one way (ARCHITECTURE.md draws it): PROGRAM → `program` (checked input) →
+//! `capture` (ptrace, /proc: a `Snapshot`) → `analysis` (fixups, normalisation, vDSO
+//! entries: `Analysed`) → `layout` (segments, protections, stub placement) →
+//! `descriptor` (the stub's tables) → `writer` (ELF emission, with the stub from
+//! `stub_blob`) → OUTPUT. `arch` holds everything that differs between i386 and x86-64.
 //!
 //! The edges: [`cli`] turns the command line into [`pipeline::Options`], [`pipeline`] runs
 //! the stages and returns what it did as [`pipeline::Packed`], and [`report`] prints that
@@ -15,9 +17,12 @@ pub mod pipeline;
 pub mod report;
 pub mod warning;
 
+mod analysis;
+mod arch;
 mod capture;
 mod checks;
 mod cpu;
+mod descriptor;
 mod env;
 mod files;
 mod fixups;

@@ -178,15 +178,8 @@ fn library(path: &std::path::Path, base: u64) -> Library {
     }
 }
 
-/// Builds the document. `usage` holds (stored, zero) bytes per image region.
-pub fn build(
-    image: &Image,
-    prog: &Program,
-    usage: &[(u64, u64)],
-    stub_size: u64,
-    segments: u64,
-    symbols: u64,
-) -> Meta {
+/// The program's entry, the libraries' and glibc's version, from the image's objects.
+fn objects(image: &Image, prog: &Program) -> (Library, Vec<Library>, Option<String>) {
     let program_path = std::fs::canonicalize(&prog.path).unwrap_or_else(|_| prog.path.clone());
     let mut libraries = Vec::new();
     let mut program = library(&program_path, 0);
@@ -204,13 +197,11 @@ pub fn build(
         }
         libraries.push(lib);
     }
-    let kernel = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let time = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.trim().parse().ok());
-    let regions = image
+    (program, libraries, glibc)
+}
+
+fn region_infos(image: &Image, usage: &[(u64, u64)]) -> Vec<RegionInfo> {
+    image
         .regions
         .iter()
         .zip(usage)
@@ -226,19 +217,39 @@ pub fn build(
                 r.origin.clone()
             },
         })
-        .collect();
+        .collect()
+}
+
+/// Builds the document. `usage` holds (stored, zero) bytes per image region.
+pub fn build(
+    image: &Image,
+    target: &crate::descriptor::Target,
+    prog: &Program,
+    usage: &[(u64, u64)],
+    stub_size: u64,
+    segments: u64,
+    symbols: u64,
+) -> Meta {
+    let (program, libraries, glibc) = objects(image, prog);
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let time = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse().ok());
+    let regions = region_infos(image, usage);
     Meta {
         schema: SCHEMA.into(),
         elfpack_version: env!("CARGO_PKG_VERSION").into(),
         format_version: elfpack_stub::abi::FORMAT_VERSION,
         arch: prog.arch.name().into(),
-        cpu_level: image.cpu_level.clone(),
-        cpu_needs: crate::cpu::names(image.cpu_needs)
+        cpu_level: target.cpu_level.clone(),
+        cpu_needs: crate::cpu::names(target.cpu_needs)
             .split(", ")
             .filter(|s| !s.is_empty())
             .map(String::from)
             .collect(),
-        min_kernel: kernel_string(image.min_kernel),
+        min_kernel: kernel_string(target.min_kernel),
         program,
         captured_with: CapturedWith {
             kernel,

@@ -5,13 +5,28 @@
 //! captures run on the first CPU the caller may use, because ld.so keeps CPUID results,
 //! and CPUID leaf 1 holds the APIC ID of the CPU it ran on.
 use crate::error::{other, Result};
-use crate::image::Image;
+use crate::image::{Fixup, Image};
 
-/// `struct rseq` field offsets (linux `include/uapi/linux/rseq.h`).
-const RSEQ_CPU_ID_START: u64 = 0;
-const RSEQ_CPU_ID: u64 = 4;
-const RSEQ_NODE_ID: u64 = 20;
-const RSEQ_MM_CID: u64 = 24;
+/// `struct rseq` (linux `include/uapi/linux/rseq.h`), for its field offsets: neither libc
+/// nor linux-raw-sys defines it.
+#[repr(C)]
+#[allow(dead_code, reason = "only the field offsets are used")]
+struct Rseq {
+    cpu_id_start: u32,
+    cpu_id: u32,
+    rseq_cs: u64,
+    flags: u32,
+    node_id: u32,
+    mm_cid: u32,
+}
+const RSEQ_CPU_ID_START: u64 = std::mem::offset_of!(Rseq, cpu_id_start) as u64;
+/// The field the stub sets at every start (RSEQ_CPU_ID_UNINITIALIZED before the
+/// registration).
+pub const RSEQ_CPU_ID: u64 = std::mem::offset_of!(Rseq, cpu_id) as u64;
+const RSEQ_NODE_ID: u64 = std::mem::offset_of!(Rseq, node_id) as u64;
+const RSEQ_MM_CID: u64 = std::mem::offset_of!(Rseq, mm_cid) as u64;
+/// The registration length from which the kernel writes `node_id` and `mm_cid`.
+const RSEQ_LEN_WITH_MM_CID: u32 = RSEQ_MM_CID as u32 + 4;
 /// glibc's initial `cpu_id` value (RSEQ_CPU_ID_UNINITIALIZED).
 const RSEQ_CPU_ID_UNINITIALIZED: u32 = u32::MAX;
 
@@ -25,7 +40,7 @@ pub fn reset_thread_state(image: &mut Image) {
         let a = regs.rseq_area;
         image.write_bytes(a + RSEQ_CPU_ID_START, &0u32.to_le_bytes());
         image.write_bytes(a + RSEQ_CPU_ID, &RSEQ_CPU_ID_UNINITIALIZED.to_le_bytes());
-        if regs.rseq_len >= 28 {
+        if regs.rseq_len >= RSEQ_LEN_WITH_MM_CID {
             image.write_bytes(a + RSEQ_NODE_ID, &0u32.to_le_bytes());
             image.write_bytes(a + RSEQ_MM_CID, &0u32.to_le_bytes());
         }
@@ -36,7 +51,13 @@ pub fn reset_thread_state(image: &mut Image) {
 /// capture ran with one argument more than the first (`argc`): a 4-byte int that holds
 /// `argc` in `a` and `argc + 1` in `b` is the capture's argc (ld.so's `_dl_argc`), which
 /// becomes an `ARGC_INT` fixup instead.
-pub fn zero_differences(a: &mut Image, b: &Image, argc: Option<u64>) -> Result<Vec<u64>> {
+pub fn zero_differences(
+    a: &mut Image,
+    a_fixups: &mut Vec<Fixup>,
+    b: &Image,
+    b_fixups: &[Fixup],
+    argc: Option<u64>,
+) -> Result<Vec<u64>> {
     let shape = |i: &Image| {
         i.regions
             .iter()
@@ -54,22 +75,36 @@ pub fn zero_differences(a: &mut Image, b: &Image, argc: Option<u64>) -> Result<V
     // (on i386 its early allocations come from the break), which moves with the stack's
     // size. It varies, so it is zeroed like the other varying words (both captures
     // already hold zero there) and gets no fixup.
-    let stale: Vec<u64> = a
-        .fixups
+    let stale: Vec<u64> = a_fixups
         .iter()
-        .filter(|f| !b.fixups.contains(f))
+        .filter(|f| !b_fixups.contains(f))
         .map(|f| f.addr)
         .collect();
-    a.fixups.retain(|f| !stale.contains(&f.addr));
-    let w = a.arch.word();
+    a_fixups.retain(|f| !stale.contains(&f.addr));
+    let argc_ints = match argc.and_then(|n| u32::try_from(n).ok()) {
+        Some(argc) => zero_argc_ints(a, b, argc),
+        None => Vec::new(),
+    };
     let mut diffs = stale;
+    diffs.extend(zero_varying_words(a, b, &argc_ints));
+    a_fixups.extend(argc_ints.iter().map(|&addr| Fixup {
+        addr,
+        kind: elfpack_stub::abi::fixup_kind::ARGC_INT,
+        arg: 0,
+        offset: 0,
+        string: None,
+    }));
+    a_fixups.sort_by_key(|f| f.addr);
+    Ok(diffs)
+}
+
+/// Zeroes in `a` the 4-byte ints that hold `argc` there and `argc + 1` in `b`; returns
+/// their addresses.
+fn zero_argc_ints(a: &mut Image, b: &Image, argc: u32) -> Vec<u64> {
     let mut argc_ints = Vec::new();
     for (ra, rb) in a.regions.iter_mut().zip(&b.regions) {
         let (Some(da), Some(db)) = (ra.data.as_mut(), rb.data.as_ref()) else {
             continue;
-        };
-        let Some(argc) = argc.and_then(|n| u32::try_from(n).ok()) else {
-            break;
         };
         if **da == **db {
             continue;
@@ -90,6 +125,14 @@ pub fn zero_differences(a: &mut Image, b: &Image, argc: Option<u64>) -> Result<V
             argc_ints.push(ra.start + off as u64);
         }
     }
+    argc_ints
+}
+
+/// Zeroes in `a` every word that differs from `b` (but for the argc ints at
+/// `argc_ints`, already zero in `a`); returns their addresses.
+fn zero_varying_words(a: &mut Image, b: &Image, argc_ints: &[u64]) -> Vec<u64> {
+    let w = a.arch.word();
+    let mut diffs = Vec::new();
     for (ra, rb) in a.regions.iter_mut().zip(&b.regions) {
         let (Some(da), Some(db)) = (ra.data.as_mut(), rb.data.as_ref()) else {
             continue;
@@ -105,16 +148,13 @@ pub fn zero_differences(a: &mut Image, b: &Image, argc: Option<u64>) -> Result<V
         {
             let addr = ra.start + (i * w) as u64;
             // The argc int's word differs only there (now zero in `a`).
-            let argc_word = argc_ints.iter().any(|&p| p >= addr && p < addr + w as u64);
             let mut wb = wb.to_vec();
-            if argc_word {
-                for &p in argc_ints
-                    .iter()
-                    .filter(|&&p| p >= addr && p < addr + w as u64)
-                {
-                    let o = (p - addr) as usize;
-                    wb[o..o + 4].fill(0);
-                }
+            for &p in argc_ints
+                .iter()
+                .filter(|&&p| p >= addr && p < addr + w as u64)
+            {
+                let o = (p - addr) as usize;
+                wb[o..o + 4].fill(0);
             }
             if *wa != *wb {
                 wa.fill(0);
@@ -122,59 +162,16 @@ pub fn zero_differences(a: &mut Image, b: &Image, argc: Option<u64>) -> Result<V
             }
         }
     }
-    a.fixups
-        .extend(argc_ints.iter().map(|&addr| crate::image::Fixup {
-            addr,
-            kind: elfpack_stub::abi::fixup_kind::ARGC_INT,
-            arg: 0,
-            offset: 0,
-            string: None,
-        }));
-    a.fixups.sort_by_key(|f| f.addr);
-    Ok(diffs)
+    diffs
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{Data, Region};
     use crate::program::Arch;
 
     fn image(bytes: Vec<u8>) -> Image {
-        Image {
-            arch: Arch::X86_64,
-            regions: vec![Region {
-                start: 0x1000,
-                end: 0x1000 + bytes.len() as u64,
-                prot: 3,
-                origin: String::new(),
-                file: None,
-                file_offset: 0,
-                data: Some(Data::Owned(bytes)),
-            }],
-            resume_pc: 0,
-            resume_kind: 0,
-            resume_dx: 0,
-            user_entry: 0,
-            at_phdr: 0,
-            at_phnum: 0,
-            at_phent: 0,
-            at_base: 0,
-            tls: Default::default(),
-            regs: Default::default(),
-            mm: Default::default(),
-            enable_secure: 0,
-            rseq_size: 0,
-            secure_copies: vec![],
-            fixups: vec![],
-            vdso: None,
-            stack_flags: Some(6),
-            read_implies_exec: false,
-            objects: vec![],
-            cpu_needs: 0,
-            cpu_level: String::new(),
-            min_kernel: 0,
-        }
+        Image::for_test(Arch::X86_64, 0x1000, bytes)
     }
 
     #[test]
@@ -191,7 +188,7 @@ mod tests {
                 .flat_map(|w| w.to_le_bytes())
                 .collect(),
         );
-        let diffs = zero_differences(&mut a, &b, None).unwrap();
+        let diffs = zero_differences(&mut a, &mut vec![], &b, &[], None).unwrap();
         assert_eq!(diffs, vec![0x1008, 0x1018]);
         let d = a.regions[0].data.as_deref().unwrap();
         let words: Vec<u64> = d
@@ -205,7 +202,7 @@ mod tests {
     fn refuses_different_layouts() {
         let mut a = image(vec![0; 16]);
         let b = image(vec![0; 32]);
-        assert!(zero_differences(&mut a, &b, None).is_err());
+        assert!(zero_differences(&mut a, &mut vec![], &b, &[], None).is_err());
     }
 
     #[test]

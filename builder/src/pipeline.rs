@@ -2,13 +2,13 @@
 //! choose the CPU level, assemble the capture environment), then [`build`] (capture twice,
 //! find the fixups, normalise, write OUTPUT). Neither prints: what they did comes back as
 //! values, for [`crate::report`].
+use crate::analysis::{self, Analysed};
+use crate::descriptor::Target;
 use crate::env::{self, CaptureEnv};
 use crate::error::{other, Error, Result};
-use crate::image::Image;
 use crate::signals::DeferSignals;
 use crate::warning::Warning;
-use crate::{capture, checks, cpu, fixups, meta, normalize, output, program, sections};
-use crate::{symbols, vdso, writer};
+use crate::{capture, checks, cpu, meta, output, program, symbols, writer};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -55,17 +55,13 @@ pub struct Packed {
     pub program: program::Program,
     pub output: PathBuf,
     pub cpu: cpu::Plan,
-    /// The image as written.
-    pub image: Image,
+    /// The image as written, with what the stub redoes in it.
+    pub analysed: Analysed,
     pub stats: writer::Stats,
     /// Warnings and notes, in the order they arose.
     pub warnings: Vec<Warning>,
     /// The fixup analysis's words that it left as they are, described.
     pub left_as_is: Vec<String>,
-    /// Words zeroed because they differ between the two captures.
-    pub zeroed: Vec<u64>,
-    /// vDSO functions the proxy does not know, left as they are.
-    pub vdso_left: Vec<String>,
     pub times: Times,
 }
 
@@ -102,13 +98,9 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
 
 /// The two captures, each with its fixups found and its thread state reset.
 struct Captures {
-    image: Image,
-    stack: capture::StackInfo,
-    notes: Vec<String>,
-    warnings: Vec<String>,
+    first: analysis::Prepared,
     /// The second capture, for what varies from run to run.
-    image2: Image,
-    stack2: capture::StackInfo,
+    second: analysis::Prepared,
     /// The first capture's argc, when the second got one argument more.
     argc_probe: Option<u64>,
 }
@@ -148,17 +140,9 @@ fn capture_twice(o: &Options, p: &Prepared) -> Result<Captures> {
                     ..opts.clone()
                 },
             )?;
-            let mut image = c.image;
-            fixups::find(&mut image, &c.stack)?;
-            normalize::reset_thread_state(&mut image);
-            Ok::<_, Error>((image, c.stack))
+            analysis::prepare(c)
         });
-        let first = capture::capture(prog, &opts).and_then(|c| {
-            let mut image = c.image;
-            let notes = fixups::find(&mut image, &c.stack)?;
-            normalize::reset_thread_state(&mut image);
-            Ok((image, notes, c.warnings, c.stack))
-        });
+        let first = capture::capture(prog, &opts).and_then(analysis::prepare);
         (
             first,
             other
@@ -166,15 +150,9 @@ fn capture_twice(o: &Options, p: &Prepared) -> Result<Captures> {
                 .unwrap_or_else(|_| Err(other!("the second capture failed"))),
         )
     });
-    let (image, notes, warnings, stack) = first?;
-    let (image2, stack2) = second?;
     Ok(Captures {
-        image,
-        stack,
-        notes,
-        warnings,
-        image2,
-        stack2,
+        first: first?,
+        second: second?,
         argc_probe,
     })
 }
@@ -184,22 +162,27 @@ pub fn build(o: &Options, p: Prepared) -> Result<Packed> {
     let tunables = env::baked_tunables(&p.env.env);
     let t_capture = Instant::now();
     let c = capture_twice(o, &p)?;
-    checks::check_loaded(&c.image, &p.env.includes)?;
+    checks::check_loaded(&c.first.image, &p.env.includes)?;
     let capture = t_capture.elapsed();
-    let (mut image, zeroed, vdso_left) =
-        normalise(c.image, c.image2, &c.stack, &c.stack2, c.argc_probe)?;
-    image.cpu_needs = p.cpu.needs;
-    image.min_kernel = meta::min_kernel(&image.objects);
-    image.cpu_level = p.cpu.name.clone();
+    let (notes, capture_warnings) = (c.first.notes.clone(), c.first.warnings.clone());
+    let analysed = analysis::combine(c.first, c.second, c.argc_probe)?;
+    let target = Target {
+        cpu_needs: p.cpu.needs,
+        min_kernel: meta::min_kernel(&analysed.image.objects),
+        cpu_level: p.cpu.name.clone(),
+    };
     let t_symbols = Instant::now();
     let symbols = if o.strip {
         Vec::new()
     } else {
-        symbols::collect(&image.objects)
+        symbols::collect(&analysed.image.objects)
     };
     let symbols_time = t_symbols.elapsed();
-    let (stats, write) = write(o, &p, &mut image, &symbols, &tunables)?;
-    let mut warnings: Vec<Warning> = c.warnings.into_iter().map(Warning::from_capture).collect();
+    let (stats, write) = write(o, &p, &analysed, &target, &symbols, &tunables)?;
+    let mut warnings: Vec<Warning> = capture_warnings
+        .into_iter()
+        .map(Warning::from_capture)
+        .collect();
     if !p.program.secure_list_known {
         warnings.push(Warning::UnknownLoader(p.program.interp.clone()));
     }
@@ -213,36 +196,11 @@ pub fn build(o: &Options, p: Prepared) -> Result<Packed> {
         program: p.program,
         output: o.output.clone(),
         cpu: p.cpu,
-        image,
+        analysed,
         stats,
         warnings,
-        left_as_is: c.notes,
-        zeroed,
-        vdso_left,
+        left_as_is: notes,
     })
-}
-
-/// Zeroes what differs between the two captures (but the auxv copies, which become
-/// fixups), and points the vDSO proxy's functions at their slots. Returns the image, the
-/// zeroed words and the vDSO functions left as they are.
-fn normalise(
-    mut image: Image,
-    image2: Image,
-    stack: &capture::StackInfo,
-    stack2: &capture::StackInfo,
-    argc_probe: Option<u64>,
-) -> Result<(Image, Vec<u64>, Vec<String>)> {
-    let aux_values = fixups::aux_values(&image, &image2, stack, stack2);
-    let varying = normalize::zero_differences(&mut image, &image2, argc_probe)?;
-    drop(image2);
-    let varying: Vec<u64> = varying
-        .into_iter()
-        .filter(|a| !aux_values.iter().any(|f| f.addr == *a))
-        .collect();
-    image.fixups.extend(aux_values);
-    image.fixups.sort_by_key(|f| f.addr);
-    let unknown = vdso::find_entries(&mut image)?;
-    Ok((image, varying, unknown))
 }
 
 /// Writes OUTPUT: into a temporary file beside it, renamed over it once complete. Returns
@@ -250,7 +208,8 @@ fn normalise(
 fn write(
     o: &Options,
     p: &Prepared,
-    image: &mut Image,
+    analysed: &Analysed,
+    target: &Target,
     symbols: &[symbols::ImageSymbol],
     tunables: &[String],
 ) -> Result<(writer::Stats, Duration)> {
@@ -261,9 +220,10 @@ fn write(
     // is reported, and the temporary file removed).
     let deferred = DeferSignals::new();
     let tmp = output::Pending::create(&p.dir)?;
-    let mut stats = writer::write(tmp.file(), image, symbols, |image, st, usage| {
+    let stats = writer::write(tmp.file(), analysed, target, symbols, |image, st, usage| {
         let mut m = meta::build(
             image,
+            target,
             &p.program,
             usage,
             st.stub_size,
@@ -274,8 +234,6 @@ fn write(
         serde_json::to_vec(&m).expect("serialisable")
     })
     .map_err(|e| writer_error(e, &o.output))?;
-    stats.file_size =
-        sections::make_consistent(tmp.file()).map_err(|e| writer_error(e, &o.output))?;
     let write_time = t_write.elapsed();
     tmp.persist(&o.output, output::executable_mode())?;
     drop(deferred);

@@ -13,24 +13,16 @@ pub enum Arch {
     I386,
 }
 
+/// The facts about each architecture are in [`crate::arch::ArchSpec`].
 impl Arch {
     pub fn word(self) -> usize {
-        match self {
-            Arch::X86_64 => 8,
-            Arch::I386 => 4,
-        }
+        self.spec().word
     }
     pub fn name(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86-64",
-            Arch::I386 => "i386",
-        }
+        self.spec().name
     }
     pub fn e_machine(self) -> u16 {
-        match self {
-            Arch::X86_64 => header::EM_X86_64,
-            Arch::I386 => header::EM_386,
-        }
+        self.spec().e_machine
     }
 }
 
@@ -77,24 +69,7 @@ pub fn locate(name: &OsStr) -> Result<PathBuf> {
 /// Reads and checks the program.
 pub fn inspect(path: &Path) -> Result<Program> {
     let shown = path.display();
-    let md = std::fs::metadata(path).map_err(|e| unpackable!("{shown}: {}", io_reason(&e)))?;
-    if md.is_dir() {
-        return Err(unpackable!("{shown}: is a directory"));
-    }
-    if !md.is_file() {
-        return Err(unpackable!("{shown}: not a regular file"));
-    }
-    let mode = md.permissions().mode();
-    if mode & 0o4000 != 0 || mode & 0o2000 != 0 {
-        return Err(unpackable!(
-            "{shown}: is setuid/setgid; elfpack refuses to pack privileged programs"
-        ));
-    }
-    if has_file_capabilities(path) {
-        return Err(unpackable!(
-            "{shown}: has file capabilities (setcap); elfpack refuses to pack privileged programs"
-        ));
-    }
+    check_file(path)?;
     let bytes = crate::files::map(path).map_err(|e| unpackable!("{shown}: {}", io_reason(&e)))?;
     if bytes.starts_with(b"#!") {
         return Err(unpackable!(
@@ -106,17 +81,7 @@ pub fn inspect(path: &Path) -> Result<Program> {
     }
     let elf =
         Elf::parse(&bytes).map_err(|e| unpackable!("{shown}: truncated or malformed ELF ({e})"))?;
-    let arch = match (elf.is_64, elf.header.e_machine) {
-        (true, header::EM_X86_64) => Arch::X86_64,
-        (false, header::EM_386) => Arch::I386,
-        (is64, m) => {
-            return Err(unpackable!(
-                "{shown}: unsupported architecture ({}-bit, {}); elfpack packs x86-64 and i386 programs",
-                if is64 { 64 } else { 32 },
-                header::machine_to_str(m)
-            ))
-        }
-    };
+    let arch = elf_arch(path, &elf)?;
     if !elf.little_endian {
         return Err(unpackable!("{shown}: big-endian ELF"));
     }
@@ -129,24 +94,7 @@ pub fn inspect(path: &Path) -> Result<Program> {
         }
     }
     let interp = crate::interp::path(&shown.to_string(), &bytes, &elf)?;
-    let is_pie = elf
-        .dynamic
-        .as_ref()
-        .is_some_and(|d| d.info.flags_1 & goblin::elf::dynamic::DF_1_PIE != 0);
-    match elf.header.e_type {
-        header::ET_EXEC => {}
-        header::ET_DYN
-            if is_pie || (interp.is_some() && elf.entry != 0 && elf.soname.is_none()) => {}
-        header::ET_DYN => {
-            return Err(unpackable!("{shown}: is a shared library, not a program"));
-        }
-        t => {
-            return Err(unpackable!(
-                "{shown}: not an executable (ELF type {})",
-                header::et_to_str(t)
-            ))
-        }
-    }
+    check_type(path, &elf, interp.is_some())?;
     let Some(interp) = interp else {
         return Err(unpackable!(
             "{shown}: is already statically linked; it needs no packing"
@@ -178,6 +126,64 @@ pub fn inspect(path: &Path) -> Result<Program> {
         loads,
         secure_list_known,
     })
+}
+
+/// Refuses what is not a regular file, or is a privileged program.
+fn check_file(path: &Path) -> Result<()> {
+    let shown = path.display();
+    let md = std::fs::metadata(path).map_err(|e| unpackable!("{shown}: {}", io_reason(&e)))?;
+    if md.is_dir() {
+        return Err(unpackable!("{shown}: is a directory"));
+    }
+    if !md.is_file() {
+        return Err(unpackable!("{shown}: not a regular file"));
+    }
+    let mode = md.permissions().mode();
+    if mode & 0o4000 != 0 || mode & 0o2000 != 0 {
+        return Err(unpackable!(
+            "{shown}: is setuid/setgid; elfpack refuses to pack privileged programs"
+        ));
+    }
+    if has_file_capabilities(path) {
+        return Err(unpackable!(
+            "{shown}: has file capabilities (setcap); elfpack refuses to pack privileged programs"
+        ));
+    }
+    Ok(())
+}
+
+/// The architecture of an ELF header (class and machine).
+fn elf_arch(path: &Path, elf: &Elf) -> Result<Arch> {
+    match (elf.is_64, elf.header.e_machine) {
+        (true, header::EM_X86_64) => Ok(Arch::X86_64),
+        (false, header::EM_386) => Ok(Arch::I386),
+        (is64, m) => Err(unpackable!(
+            "{}: unsupported architecture ({}-bit, {}); elfpack packs x86-64 and i386 programs",
+            path.display(),
+            if is64 { 64 } else { 32 },
+            header::machine_to_str(m)
+        )),
+    }
+}
+
+/// Refuses an ELF file that is not a program: a shared library, an object file.
+fn check_type(path: &Path, elf: &Elf, has_interp: bool) -> Result<()> {
+    let shown = path.display();
+    let is_pie = elf
+        .dynamic
+        .as_ref()
+        .is_some_and(|d| d.info.flags_1 & goblin::elf::dynamic::DF_1_PIE != 0);
+    match elf.header.e_type {
+        header::ET_EXEC => Ok(()),
+        header::ET_DYN if is_pie || (has_interp && elf.entry != 0 && elf.soname.is_none()) => {
+            Ok(())
+        }
+        header::ET_DYN => Err(unpackable!("{shown}: is a shared library, not a program")),
+        t => Err(unpackable!(
+            "{shown}: not an executable (ELF type {})",
+            header::et_to_str(t)
+        )),
+    }
 }
 
 /// The sanitizer whose runtime an object links (DT_NEEDED) or contains (its start-up
@@ -265,11 +271,7 @@ pub fn io_reason(e: &std::io::Error) -> String {
 /// (`ld.so-1.7.0`) or unreadable cache gives nothing.
 pub fn ld_so_cache(cache: &Path, soname: &OsStr, arch: Arch) -> Vec<PathBuf> {
     const MAGIC: &[u8] = b"glibc-ld.so.cache1.1";
-    // FLAG_ELF_LIBC6, and FLAG_X8664_LIB64 for x86-64 (none for i386).
-    let want_flags = match arch {
-        Arch::X86_64 => 0x0303,
-        Arch::I386 => 0x0003,
-    };
+    let want_flags = arch.spec().ld_cache_flags;
     let Ok(bytes) = crate::files::map(cache) else {
         return Vec::new();
     };
@@ -328,7 +330,7 @@ pub fn find_library(
             .and_then(|b| {
                 // Class and machine: an x32 library is EM_X86_64 too, but 32-bit.
                 Elf::parse(&b).ok().map(|e| {
-                    e.header.e_machine == arch.e_machine() && e.is_64 == (arch == Arch::X86_64)
+                    e.header.e_machine == arch.e_machine() && e.is_64 == arch.spec().is64()
                 })
             })
             .unwrap_or(false)
@@ -357,24 +359,7 @@ pub fn find_library(
     }
     candidates.extend(ld_so_cache(Path::new("/etc/ld.so.cache"), name, arch));
     let searched_by_ld_so = candidates.len();
-    let defaults: &[&str] = match arch {
-        Arch::X86_64 => &[
-            "/lib/x86_64-linux-gnu",
-            "/usr/lib/x86_64-linux-gnu",
-            "/lib64",
-            "/usr/lib64",
-            "/lib",
-            "/usr/lib",
-        ],
-        Arch::I386 => &[
-            "/lib/i386-linux-gnu",
-            "/usr/lib/i386-linux-gnu",
-            "/lib32",
-            "/usr/lib32",
-            "/lib",
-            "/usr/lib",
-        ],
-    };
+    let defaults = arch.spec().lib_dirs;
     candidates.extend(defaults.iter().map(|d| Path::new(d).join(name)));
     candidates
         .into_iter()

@@ -75,17 +75,22 @@ fn notes(p: &Packed) {
             p.left_as_is.len() - 5
         );
     }
-    if !p.zeroed.is_empty() {
-        let list: Vec<String> = p.zeroed.iter().map(|a| format!("{a:#x}")).collect();
+    if !p.analysed.varying.is_empty() {
+        let list: Vec<String> = p
+            .analysed
+            .varying
+            .iter()
+            .map(|a| format!("{a:#x}"))
+            .collect();
         eprintln!(
             "elfpack: note: zeroed words that differ between captures: {}",
             list.join(" ")
         );
     }
-    if !p.vdso_left.is_empty() {
+    if !p.analysed.unknown_vdso.is_empty() {
         eprintln!(
             "elfpack: note: vDSO functions left as they are: {}",
-            p.vdso_left.join(", ")
+            p.analysed.unknown_vdso.join(", ")
         );
     }
 }
@@ -93,7 +98,7 @@ fn notes(p: &Packed) {
 /// `-v`: the interpreter, the CPU level, and the image: objects, vDSO proxy, fixups,
 /// regions.
 fn image(p: &Packed) {
-    let image = &p.image;
+    let image = &p.analysed.image;
     eprintln!("elfpack: interpreter {}", p.program.interp.display());
     eprintln!(
         "elfpack: CPU level {} (needs {}); masked at capture: {}",
@@ -104,7 +109,7 @@ fn image(p: &Packed) {
     for o in &image.objects {
         eprintln!("  object {:#014x} {}", o.base, o.path.display());
     }
-    if let Some(v) = &image.vdso {
+    if let Some(v) = &p.analysed.vdso {
         let names: Vec<&str> = v.entries.iter().map(|e| e.name.as_str()).collect();
         eprintln!(
             "  vDSO proxy {:#x}-{:#x}: {}",
@@ -113,7 +118,7 @@ fn image(p: &Packed) {
             names.join(" ")
         );
     }
-    for f in &image.fixups {
+    for f in &p.analysed.fixups {
         eprintln!(
             "  fixup {:#014x} kind {} arg {} offset {:#x}",
             f.addr, f.kind, f.arg, f.offset
@@ -134,12 +139,12 @@ fn image(p: &Packed) {
 
 /// `-v`: the sizes and the times.
 fn totals(p: &Packed) {
-    let (image, stats, t) = (&p.image, &p.stats, &p.times);
+    let (image, stats, t) = (&p.analysed.image, &p.stats, &p.times);
     eprintln!(
         "elfpack: {} regions, {} fixups, {} vDSO entries; {} bytes stored, {} zero-filled, {} segments; stub {} bytes at {:#x}",
         image.regions.len(),
-        image.fixups.len(),
-        image.vdso.as_ref().map_or(0, |v| v.entries.len()),
+        p.analysed.fixups.len(),
+        p.analysed.vdso.as_ref().map_or(0, |v| v.entries.len()),
         stats.stored,
         stats.zero,
         stats.segments,

@@ -4,9 +4,6 @@ use crate::error::{other, Result};
 use crate::program::Arch;
 use goblin::elf::Elf;
 
-static STUB_X86_64: &[u8] = include_bytes!(env!("STUB_X86_64"));
-static STUB_I386: &[u8] = include_bytes!(env!("STUB_I386"));
-
 /// A stub ready to be placed.
 pub struct Stub {
     /// (offset from the stub base, bytes, memsz, PF_* flags) per PT_LOAD.
@@ -19,10 +16,7 @@ pub struct Stub {
 }
 
 pub fn elf_bytes(arch: Arch) -> &'static [u8] {
-    match arch {
-        Arch::X86_64 => STUB_X86_64,
-        Arch::I386 => STUB_I386,
-    }
+    arch.spec().stub
 }
 
 /// The stub for `arch`, relocated to run at `base`.
@@ -46,6 +40,7 @@ pub fn relocated(arch: Arch, base: u64) -> Result<Stub> {
         .collect();
     let size = segments.iter().map(|s| s.0 + s.2).max().unwrap_or(0);
     let word = arch.word();
+    let relative = arch.spec().relative_reloc;
     let mut patch = |off: u64, addend: Option<i64>| -> Result<()> {
         let seg = segments
             .iter_mut()
@@ -53,19 +48,16 @@ pub fn relocated(arch: Arch, base: u64) -> Result<Stub> {
             .ok_or_else(|| other!("stub relocation at {off:#x} outside its segments"))?;
         let at = (off - seg.0) as usize;
         let cur = &mut seg.1[at..at + word];
-        let implicit = if word == 8 {
-            u64::from_le_bytes(cur.try_into().unwrap())
-        } else {
-            u64::from(u32::from_le_bytes(cur.try_into().unwrap()))
-        };
+        let mut implicit = [0u8; 8];
+        implicit[..word].copy_from_slice(cur);
+        let implicit = u64::from_le_bytes(implicit);
         let v = base.wrapping_add(addend.map_or(implicit, |a| a as u64));
         cur.copy_from_slice(&v.to_le_bytes()[..word]);
         Ok(())
     };
-    // R_X86_64_RELATIVE and R_386_RELATIVE are both 8; nothing else may appear in a
-    // static PIE that references no symbols.
+    // Only the relative relocation may appear in a static PIE that references no symbols.
     for r in elf.dynrelas.iter() {
-        if r.r_type != 8 {
+        if r.r_type != relative {
             return Err(other!(
                 "unexpected relocation type {} in the stub",
                 r.r_type
@@ -74,7 +66,7 @@ pub fn relocated(arch: Arch, base: u64) -> Result<Stub> {
         patch(r.r_offset, Some(r.r_addend.unwrap_or(0)))?;
     }
     for r in elf.dynrels.iter() {
-        if r.r_type != 8 {
+        if r.r_type != relative {
             return Err(other!(
                 "unexpected relocation type {} in the stub",
                 r.r_type

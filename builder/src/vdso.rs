@@ -1,19 +1,20 @@
 //! The vDSO proxy: the image keeps a copy of the capture-time vDSO (ld.so's link map of it,
 //! its symbol table and unwind data stay valid), and each function in it is replaced by an
-//! indirect jump through a slot that the stub fills at every start.
+//! indirect jump through a slot that the stub fills at every start (the jumps are encoded
+//! with the descriptor, `descriptor.rs`, and written by the emission, `writer.rs`).
 use crate::error::{other, Result};
-use crate::image::{Image, VdsoEntry};
-use crate::program::Arch;
+use crate::image::{Image, Vdso, VdsoEntry};
 use elfpack_stub::abi::vdso_fn;
 use goblin::elf::{sym, Elf};
 
-/// Lists the vDSO functions of the captured vDSO (one entry per address).
-pub fn find_entries(image: &mut Image) -> Result<Vec<String>> {
-    let Some(v) = image.vdso.clone() else {
-        return Ok(Vec::new());
+/// The vDSO proxy of the image: the functions of the captured vDSO (one entry per
+/// address); and the names of those it leaves as they are.
+pub fn find_entries(image: &Image) -> Result<(Option<Vdso>, Vec<String>)> {
+    let Some((start, end)) = image.vdso else {
+        return Ok((None, Vec::new()));
     };
     let region = image
-        .region_of(v.start)
+        .region_of(start)
         .ok_or_else(|| other!("vDSO region missing"))?;
     let data = region
         .data
@@ -33,7 +34,7 @@ pub fn find_entries(image: &mut Image) -> Result<Vec<String>> {
             continue;
         }
         let name = elf.dynstrtab.get_at(s.st_name).unwrap_or("").to_string();
-        let addr = v.start + s.st_value - load_vaddr;
+        let addr = start + s.st_value - load_vaddr;
         match vdso_fn::by_name(name.as_bytes()) {
             Some(func) => {
                 if !entries.iter().any(|e| e.addr == addr) {
@@ -44,28 +45,12 @@ pub fn find_entries(image: &mut Image) -> Result<Vec<String>> {
         }
     }
     entries.sort_by_key(|e| e.addr);
-    image.vdso.as_mut().unwrap().entries = entries;
-    Ok(unknown)
-}
-
-/// Writes the jump through `slot` at each entry of the proxy.
-pub fn patch(image: &mut Image, slots: &[(u64, u64)]) -> Result<()> {
-    for &(entry, slot) in slots {
-        let code: Vec<u8> = match image.arch {
-            // jmp *disp32(%rip)
-            Arch::X86_64 => {
-                let disp = slot as i64 - (entry as i64 + 6);
-                let disp = i32::try_from(disp).map_err(|_| {
-                    other!("vDSO slot {slot:#x} out of reach of the proxy entry {entry:#x}")
-                })?;
-                [&[0xff, 0x25][..], &disp.to_le_bytes()].concat()
-            }
-            // jmp *abs32
-            Arch::I386 => [&[0xff, 0x25][..], &(slot as u32).to_le_bytes()].concat(),
-        };
-        if !image.write_bytes(entry, &code) {
-            return Err(other!("cannot patch the vDSO proxy at {entry:#x}"));
-        }
-    }
-    Ok(())
+    Ok((
+        Some(Vdso {
+            start,
+            end,
+            entries,
+        }),
+        unknown,
+    ))
 }

@@ -1,30 +1,36 @@
-//! The ELF writer: image + stub → the bytes of the packed executable.
+//! ELF emission, the only stage that writes OUTPUT: the segments of the [`Layout`], the
+//! stub and the encoded descriptor become the bytes of the packed executable.
 //!
-//! The output is an ET_EXEC with no PT_INTERP and no sections. Every image region becomes
-//! PT_LOAD segments mapped straight from the file (page-aligned offsets), except runs of
-//! zero pages, which become zero-fill segments that take no file space. The stub and the
-//! descriptor follow at an address no region uses. The output depends only on the image,
-//! so equal images give byte-identical files.
+//! The output is an ET_EXEC with no PT_INTERP. Every image region becomes PT_LOAD segments
+//! mapped straight from the file (page-aligned offsets), except runs of zero pages, which
+//! become zero-fill segments that take no file space; the stub and the descriptor follow
+//! at the address the layout chose. After the segments come a section header per segment
+//! (so that tools know what is code), the symbol table and the `.elfpack` document
+//! (`sections.rs` then makes the section view consistent for ELF checkers). The output
+//! depends only on the image, so equal images give byte-identical files.
+use crate::analysis::Analysed;
+use crate::arch::ElfSizes;
+use crate::descriptor::{self, Encoded, Target};
 use crate::error::{other, Result};
 use crate::image::{Image, PROT_EXEC, PROT_READ, PROT_WRITE};
-use crate::program::Arch;
-use crate::stub_blob;
+use crate::layout::{self, align_up, Kind, Layout, PAGE};
 use crate::symbols::ImageSymbol;
-use elfpack_stub::abi::{self, bytes_of, Descriptor, Protect, Table, VdsoSlot};
-use goblin::container::{Container, Ctx, Endian};
+use goblin::container::{Ctx, Endian};
 use goblin::elf::program_header::{ProgramHeader, PF_R, PF_W, PF_X, PT_GNU_STACK, PT_LOAD};
+use goblin::elf::section_header::{
+    SectionHeader, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_ABS, SHT_NOBITS, SHT_PROGBITS,
+    SHT_STRTAB, SHT_SYMTAB,
+};
+use goblin::elf::sym::{Sym, STB_GLOBAL, STB_LOCAL};
 use goblin::elf::Header;
 use scroll::ctx::IntoCtx;
 use scroll::Pwrite;
 use std::borrow::Cow;
 use std::os::unix::fs::FileExt;
 
-use crate::layout::{self, Kind, PAGE};
-
-/// The most program headers an output has, whatever the input: well under one page of
-/// headers (73 for ELF64, 128 for ELF32), the most kernels before 6.17 accept (linux
-/// `fs/binfmt_elf.c`, `load_elf_phdrs`).
-pub const MAX_PHDRS: usize = 32;
+/// The largest program-header table any kernel reads (linux `fs/binfmt_elf.c`,
+/// `load_elf_phdrs`; kernels before 6.17 also refuse more than a page).
+const MAX_PHDR_BYTES: u64 = 65536;
 
 /// Sizes, for `-v` and `inspect`.
 #[derive(Debug, Default, Clone)]
@@ -41,8 +47,8 @@ struct Seg<'a> {
     vaddr: u64,
     memsz: u64,
     filesz: u64,
-    /// File contents as (offset in the segment, bytes), borrowed from the image or owned
-    /// (stub, descriptor); what no part covers reads as zero.
+    /// File contents as (offset in the segment, bytes), borrowed from the image, the stub
+    /// or the descriptor; what no part covers reads as zero.
     parts: Vec<(u64, Cow<'a, [u8]>)>,
     flags: u32,
 }
@@ -51,29 +57,6 @@ fn pf(prot: u32) -> u32 {
     (if prot & PROT_READ != 0 { PF_R } else { 0 })
         | (if prot & PROT_WRITE != 0 { PF_W } else { 0 })
         | (if prot & PROT_EXEC != 0 { PF_X } else { 0 })
-}
-
-fn align_up(v: u64, a: u64) -> u64 {
-    v.div_ceil(a) * a
-}
-
-/// The addresses the stub writes into before it seals the image.
-fn written(image: &Image) -> Vec<u64> {
-    let mut w: Vec<u64> = image.fixups.iter().map(|f| f.addr).collect();
-    w.extend(
-        [image.enable_secure, image.rseq_size, image.regs.tid_address]
-            .into_iter()
-            .filter(|&a| a != 0),
-    );
-    if image.regs.rseq_area != 0 {
-        w.push(image.regs.rseq_area + 4);
-    }
-    w
-}
-
-/// The segment plan for `image`, with at most `budget` segments.
-fn plan(image: &Image, budget: usize) -> layout::Plan {
-    layout::plan(layout::pieces(image, &written(image)), budget)
 }
 
 /// The segments of a plan, with their bytes borrowed from the image.
@@ -113,206 +96,46 @@ fn image_segments<'a>(image: &'a Image, plan: &layout::Plan) -> Vec<Seg<'a>> {
     out
 }
 
-/// The descriptor blob: header and tables, laid out for address `at`.
-struct Blob {
-    bytes: Vec<u8>,
-}
-
-impl Blob {
-    fn align(&mut self) {
-        while !self.bytes.len().is_multiple_of(8) {
-            self.bytes.push(0);
-        }
-    }
-    fn table<T: bytemuck::Pod>(&mut self, items: &[T]) -> Table {
-        self.align();
-        let offset = self.bytes.len() as u64;
-        for it in items {
-            self.bytes.extend_from_slice(bytes_of(it));
-        }
-        Table {
-            offset,
-            count: items.len() as u64,
-        }
-    }
-}
-
-/// Writes the packed file for `image` into `file` (from offset 0), with `symbols` in a symbol table and the document
-/// `meta` returns (given the sizes and the (stored, zero) bytes of each region) in the
-/// non-loaded section `.elfpack`.
-pub fn write(
-    file: &std::fs::File,
-    image: &mut Image,
-    symbols: &[ImageSymbol],
-    meta: impl FnOnce(&Image, &Stats, &[(u64, u64)]) -> Vec<u8>,
-) -> Result<Stats> {
-    let arch = image.arch;
-    let vdso_entries = image
-        .vdso
-        .as_ref()
-        .map(|v| v.entries.clone())
-        .unwrap_or_default();
-
-    // Place the stub: above the image on x86-64 (the image's window is there, and the vDSO
-    // slots must be within reach of rip-relative jumps), below it on i386 (above lies the
-    // stack).
-    let lo = image.regions.iter().map(|r| r.start).min().unwrap_or(0);
-    let hi = image.regions.iter().map(|r| r.end).max().unwrap_or(0);
-    let probe = stub_blob::relocated(arch, 0)?;
-    let strings_len: usize = image
-        .fixups
-        .iter()
-        .filter_map(|f| f.string.as_ref())
-        .map(Vec::len)
-        .sum::<usize>()
-        + image.cpu_level.len()
-        + 1;
-    // Program headers: the image's segments, the stub's, the descriptor, PT_GNU_STACK.
-    let budget = MAX_PHDRS
-        .checked_sub(probe.segments.len() + 2)
-        .filter(|&b| b > 0)
-        .ok_or_else(|| other!("internal error: the stub has too many segments"))?;
-    let protect_estimate = plan(image, budget).protect.len();
-    let blob_estimate = abi::DESCRIPTOR_SIZE
-        + image.fixups.len() * 24
-        + vdso_entries.len() * (16 + 8)
-        + (protect_estimate + 1) * 24
-        + strings_len
-        + 64;
-    let total = probe.desc_offset + align_up(blob_estimate as u64, PAGE);
-    let stub_base = match arch {
-        Arch::X86_64 => align_up(hi, 0x10000) + 0x10000,
-        Arch::I386 => {
-            let b = (lo.saturating_sub(total + 0x10000)) & !0xffff;
-            if b < 0x10000 {
-                return Err(other!("no room below the image for the stub"));
-            }
-            b
-        }
-    };
-    let stub = stub_blob::relocated(arch, stub_base)?;
-    let desc_addr = stub_base + stub.desc_offset;
-
-    // The descriptor blob.
-    let mut blob = Blob {
-        bytes: vec![0u8; abi::DESCRIPTOR_SIZE],
-    };
-    let mut strings: Vec<u8> = Vec::new();
-    let mut fixups = Vec::new();
-    for f in &image.fixups {
-        let mut arg = f.arg;
-        if let Some(s) = &f.string {
-            arg = strings.len() as u32;
-            strings.extend_from_slice(s);
-        }
-        fixups.push(abi::Fixup {
-            addr: f.addr,
-            kind: f.kind,
-            arg,
-            offset: f.offset,
+/// Puts the vDSO proxy's jumps over the bytes of the image's copy of the vDSO.
+fn apply_proxy(segs: &mut [Seg], proxy: &[(u64, [u8; 6])]) -> Result<()> {
+    for (entry, code) in proxy {
+        let end = entry + code.len() as u64;
+        let part = segs.iter_mut().find_map(|s| {
+            let vaddr = s.vaddr;
+            s.parts
+                .iter_mut()
+                .find(|(at, b)| vaddr + at <= *entry && end <= vaddr + at + b.len() as u64)
+                .map(|(at, b)| (vaddr + *at, b))
         });
+        let Some((start, bytes)) = part else {
+            return Err(other!("cannot patch the vDSO proxy at {entry:#x}"));
+        };
+        let off = (entry - start) as usize;
+        bytes.to_mut()[off..off + code.len()].copy_from_slice(code);
     }
-    let cpu_level_name = strings.len() as u64;
-    strings.extend_from_slice(image.cpu_level.as_bytes());
-    strings.push(0);
-    let fixups_t = blob.table(&fixups);
-    // Slot words come first in a table of their own, so their addresses are known before
-    // the slot table is written.
-    blob.align();
-    let slots_at = blob.bytes.len() as u64;
-    blob.bytes
-        .resize(blob.bytes.len() + vdso_entries.len() * 8, 0);
-    let slot_addr = |i: usize| desc_addr + slots_at + 8 * i as u64;
-    let slots: Vec<VdsoSlot> = vdso_entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| VdsoSlot {
-            slot: slot_addr(i),
-            func: e.func,
-            _pad: 0,
-        })
-        .collect();
-    let slots_t = blob.table(&slots);
-    crate::vdso::patch(
-        image,
-        &vdso_entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.addr, slot_addr(i)))
-            .collect::<Vec<_>>(),
-    )?;
-    let image: &Image = image;
-    let plan = plan(image, budget);
-    let segs = image_segments(image, &plan);
-    let mut protect = plan.protect.clone();
-    // The descriptor (with the vDSO slots) becomes read-only once the stub is done.
-    let blob_len_final = align_up(
-        (blob.bytes.len() + (protect.len() + 1) * 24 + strings.len() + 16) as u64,
-        PAGE,
-    );
-    protect.push(Protect {
-        addr: desc_addr,
-        len: blob_len_final,
-        prot: PROT_READ,
-        _pad: 0,
-    });
-    let protect_t = blob.table(&protect);
-    blob.align();
-    let strings_t = Table {
-        offset: blob.bytes.len() as u64,
-        count: strings.len() as u64,
-    };
-    blob.bytes.extend_from_slice(&strings);
-    blob.bytes.resize(blob_len_final as usize, 0);
-    if stub.desc_offset + blob_len_final > total && arch == Arch::I386 {
-        return Err(other!(
-            "internal error: the descriptor outgrew the room reserved below the image"
-        ));
-    }
-    let d = Descriptor {
-        magic: abi::MAGIC,
-        version: abi::FORMAT_VERSION,
-        arch: u32::from(arch.e_machine()),
-        resume_pc: image.resume_pc,
-        user_entry: image.user_entry,
-        at_phdr: image.at_phdr,
-        at_phnum: image.at_phnum,
-        at_phent: image.at_phent,
-        at_base: image.at_base,
-        tls: image.tls,
-        regs: image.regs,
-        mm: image.mm,
-        enable_secure: image.enable_secure,
-        cpu_needs: image.cpu_needs,
-        fixups: fixups_t,
-        vdso_slots: slots_t,
-        protect: protect_t,
-        strings: strings_t,
-        cpu_level_name,
-        resume_kind: image.resume_kind,
-        resume_dx: image.resume_dx,
-        rseq_size: image.rseq_size,
-        min_kernel: image.min_kernel,
-        _pad: 0,
-    };
-    blob.bytes[..abi::DESCRIPTOR_SIZE].copy_from_slice(bytes_of(&d));
+    Ok(())
+}
 
-    // All segments, in address order.
-    let mut all: Vec<Seg> = segs;
-    for (off, data, memsz, flags) in stub.segments {
+/// All segments of the output, in address order: the image's (with the vDSO proxy), the
+/// stub's and the descriptor's.
+fn all_segments<'a>(image: &'a Image, lay: &'a Layout, desc: Encoded) -> Result<Vec<Seg<'a>>> {
+    let mut all = image_segments(image, &lay.plan);
+    apply_proxy(&mut all, &desc.proxy)?;
+    for (off, data, memsz, flags) in &lay.stub.segments {
         all.push(Seg {
-            vaddr: stub_base + off,
-            memsz,
+            vaddr: lay.stub_base + off,
+            memsz: *memsz,
             filesz: data.len() as u64,
-            parts: vec![(0, data.into())],
-            flags,
+            parts: vec![(0, Cow::Borrowed(data))],
+            flags: *flags,
         });
     }
+    let len = desc.bytes.len() as u64;
     all.push(Seg {
-        vaddr: desc_addr,
-        memsz: blob_len_final,
-        filesz: blob_len_final,
-        parts: vec![(0, Cow::Owned(blob.bytes))],
+        vaddr: lay.desc_addr,
+        memsz: len,
+        filesz: len,
+        parts: vec![(0, Cow::Owned(desc.bytes))],
         flags: PF_R | PF_W,
     });
     all.sort_by_key(|s| s.vaddr);
@@ -324,37 +147,31 @@ pub fn write(
             ));
         }
     }
+    Ok(all)
+}
 
-    // The file: ELF header and program headers, then each segment's bytes at an offset
-    // congruent to its address modulo the page size.
-    let (container, ehsize, phentsize) = match arch {
-        Arch::X86_64 => (Container::Big, 64u64, 56u64),
-        Arch::I386 => (Container::Little, 52, 32),
-    };
-    let ctx = Ctx::new(container, Endian::Little);
-    let phnum = all.len() as u64 + 1;
-    if phnum * phentsize > 65536 {
-        return Err(other!(
-            "the image needs {phnum} segments, more than the kernel accepts"
-        ));
-    }
-    // The headers are written last, at offset 0; segment bytes go straight to the file.
-    let mut head = vec![0u8; (ehsize + phnum * phentsize) as usize];
-    let mut end = head.len() as u64;
+fn write_at(file: &std::fs::File, bytes: &[u8], at: u64) -> Result<()> {
+    file.write_all_at(bytes, at)
+        .map_err(|e| other!("writing the output: {e}"))
+}
+
+/// Writes each segment's bytes from file offset `start` on, at an offset congruent to its
+/// address modulo the page size; returns their program headers and the end of the last.
+fn write_segments(
+    file: &std::fs::File,
+    all: &[Seg],
+    start: u64,
+    stats: &mut Stats,
+) -> Result<(Vec<ProgramHeader>, u64)> {
+    let mut end = start;
     let mut phdrs = Vec::new();
-    let mut stats = Stats {
-        stub_size: stub.size,
-        stub_base,
-        ..Default::default()
-    };
-    for s in &all {
+    for s in all {
         let offset = if s.filesz == 0 {
             0
         } else {
             let off = align_up(end, PAGE) + (s.vaddr % PAGE);
             for (at, bytes) in &s.parts {
-                file.write_all_at(bytes, off + at)
-                    .map_err(|e| other!("writing the output: {e}"))?;
+                write_at(file, bytes, off + at)?;
             }
             end = off + s.filesz;
             off
@@ -372,26 +189,11 @@ pub fn write(
             p_align: PAGE,
         });
     }
-    if let Some(flags) = image.stack_flags {
-        phdrs.push(ProgramHeader {
-            p_type: PT_GNU_STACK,
-            p_flags: flags,
-            p_align: 16,
-            ..Default::default()
-        });
-    }
-    let mut h = Header::new(ctx);
-    h.e_type = goblin::elf::header::ET_EXEC;
-    h.e_machine = arch.e_machine();
-    h.e_entry = stub_base + stub.entry;
-    h.e_phoff = ehsize;
-    h.e_phnum = phnum as u16;
-    let offsets: Vec<u64> = phdrs.iter().map(|p| p.p_offset).collect();
-    for (i, p) in phdrs.into_iter().enumerate() {
-        head.pwrite_with(p, (ehsize + i as u64 * phentsize) as usize, ctx)
-            .map_err(|e| other!("writing program headers: {e}"))?;
-    }
-    stats.segments = all.len();
+    Ok((phdrs, end))
+}
+
+/// The (stored, zero) bytes of each region in the plan's segments.
+fn region_usage(image: &Image, plan: &layout::Plan) -> Vec<(u64, u64)> {
     let mut usage = vec![(0u64, 0u64); image.regions.len()];
     for s in &plan.segments {
         for (i, p) in plan.pieces.iter().enumerate().take(s.last).skip(s.first) {
@@ -405,53 +207,125 @@ pub fn write(
             }
         }
     }
-    let doc = meta(image, &stats, &usage);
+    usage
+}
+
+/// Writes the packed file for the analysed image into `file` (from offset 0), with `symbols` in a
+/// symbol table and the document `meta` returns (given the sizes and the (stored, zero)
+/// bytes of each region) in the non-loaded section `.elfpack`.
+pub fn write(
+    file: &std::fs::File,
+    a: &Analysed,
+    target: &Target,
+    symbols: &[ImageSymbol],
+    meta: impl FnOnce(&Image, &Stats, &[(u64, u64)]) -> Vec<u8>,
+) -> Result<Stats> {
+    let image = &a.image;
+    let lay = layout::layout(a, target)?;
+    let desc = descriptor::encode(a, target, &lay)?;
+    let all = all_segments(image, &lay, desc)?;
+    let sizes = &image.arch.spec().elf;
+    let ctx = Ctx::new(sizes.container, Endian::Little);
+    // Program headers: the segments' and PT_GNU_STACK's room.
+    let phnum = all.len() as u64 + 1;
+    if phnum * sizes.phdr > MAX_PHDR_BYTES {
+        return Err(other!(
+            "the image needs {phnum} segments, more than the kernel accepts"
+        ));
+    }
+    // The headers are written last, at offset 0; segment bytes go straight to the file.
+    let mut head = vec![0u8; (sizes.ehdr + phnum * sizes.phdr) as usize];
+    let mut stats = Stats {
+        stub_size: lay.stub.size,
+        stub_base: lay.stub_base,
+        segments: all.len(),
+        ..Default::default()
+    };
+    let (mut phdrs, end) = write_segments(file, &all, head.len() as u64, &mut stats)?;
+    let offsets: Vec<u64> = phdrs.iter().map(|p| p.p_offset).collect();
+    if let Some(flags) = image.stack_flags {
+        phdrs.push(ProgramHeader {
+            p_type: PT_GNU_STACK,
+            p_flags: flags,
+            p_align: 16,
+            ..Default::default()
+        });
+    }
+    for (i, p) in phdrs.into_iter().enumerate() {
+        head.pwrite_with(p, (sizes.ehdr + i as u64 * sizes.phdr) as usize, ctx)
+            .map_err(|e| other!("writing program headers: {e}"))?;
+    }
+    let doc = meta(image, &stats, &region_usage(image, &lay.plan));
     // Everything after the segments: symbols, the document, section headers.
-    let tail_at = end;
     let mut out = Vec::new();
     let (shoff, shnum, shstrndx) =
-        append_sections(&mut out, tail_at, ctx, &all, &offsets, symbols, &doc)?;
-    file.write_all_at(&out, tail_at)
-        .map_err(|e| other!("writing the output: {e}"))?;
+        append_sections(&mut out, end, sizes, &all, &offsets, symbols, &doc)?;
+    write_at(file, &out, end)?;
+    let mut h = Header::new(ctx);
+    h.e_type = goblin::elf::header::ET_EXEC;
+    h.e_machine = image.arch.e_machine();
+    h.e_entry = lay.stub_base + lay.stub.entry;
+    h.e_phoff = sizes.ehdr;
+    // PT_GNU_STACK's entry is counted (PT_NULL) even when the image has none.
+    h.e_phnum = phnum as u16;
     h.e_shoff = shoff;
     h.e_shnum = shnum;
     h.e_shstrndx = shstrndx;
-    h.into_ctx(&mut head[..ehsize as usize], ctx);
-    file.write_all_at(&head, 0)
-        .map_err(|e| other!("writing the output: {e}"))?;
-    stats.file_size = tail_at + out.len() as u64;
+    h.into_ctx(&mut head[..sizes.ehdr as usize], ctx);
+    write_at(file, &head, 0)?;
+    stats.file_size = crate::sections::make_consistent(file, sizes)?;
     Ok(stats)
 }
 
-/// Builds, in `out` (which the file holds at offset `base`), the section headers (one per
-/// segment, so that tools know what is code), the symbol table and the `.elfpack`
-/// document; returns (e_shoff, e_shnum, e_shstrndx).
-fn append_sections(
-    out: &mut Vec<u8>,
+/// The sections after the segments, built in `out`, which the file holds at offset
+/// `base`.
+struct Tail {
+    out: Vec<u8>,
     base: u64,
-    ctx: Ctx,
-    segs: &[Seg],
-    offsets: &[u64],
-    symbols: &[ImageSymbol],
-    doc: &[u8],
-) -> Result<(u64, u16, u16)> {
-    use goblin::elf::section_header::{
-        SectionHeader, SHF_ALLOC, SHF_EXECINSTR, SHF_WRITE, SHN_ABS, SHT_NOBITS, SHT_PROGBITS,
-        SHT_STRTAB, SHT_SYMTAB,
-    };
-    use goblin::elf::sym::{Sym, STB_GLOBAL, STB_LOCAL};
-    let is64 = ctx.container == Container::Big;
-    let (symsize, shsize) = if is64 { (24usize, 64usize) } else { (16, 40) };
-    let mut shstr: Vec<u8> = vec![0];
-    let mut name = |n: &str| {
-        let at = shstr.len();
-        shstr.extend_from_slice(n.as_bytes());
-        shstr.push(0);
+    shstr: Vec<u8>,
+    shdrs: Vec<SectionHeader>,
+}
+
+impl Tail {
+    /// Adds `n` to the section-name table; returns its offset there.
+    fn name(&mut self, n: &str) -> usize {
+        let at = self.shstr.len();
+        self.shstr.extend_from_slice(n.as_bytes());
+        self.shstr.push(0);
         at
-    };
-    let mut shdrs = vec![SectionHeader::default()];
-    let image_name = name(".image");
-    for s in segs {
+    }
+
+    /// The offset in `out` of the next 8-byte aligned file offset.
+    fn aligned8(&self) -> usize {
+        (align_up(self.base + self.out.len() as u64, 8) - self.base) as usize
+    }
+
+    /// Appends `bytes` as a section of `sh_type` named `name`.
+    fn append(&mut self, name: &str, sh_type: u32, bytes: &[u8]) {
+        let sh_name = self.name(name);
+        self.append_named(sh_name, sh_type, bytes);
+    }
+
+    /// Appends `bytes` as a section of `sh_type` whose name is at `sh_name`.
+    fn append_named(&mut self, sh_name: usize, sh_type: u32, bytes: &[u8]) {
+        let at = self.out.len();
+        self.out.extend_from_slice(bytes);
+        self.shdrs.push(SectionHeader {
+            sh_name,
+            sh_type,
+            sh_offset: self.base + at as u64,
+            sh_size: bytes.len() as u64,
+            sh_addralign: 1,
+            ..Default::default()
+        });
+    }
+}
+
+/// One section per segment, named `.image`: PROGBITS at the segment's file offset, or
+/// NOBITS for a zero-fill one.
+fn segment_sections(tail: &mut Tail, segs: &[Seg], offsets: &[u64]) {
+    let image_name = tail.name(".image");
+    for (s, &offset) in segs.iter().zip(offsets) {
         let mut flags = u64::from(SHF_ALLOC);
         if s.flags & PF_W != 0 {
             flags |= u64::from(SHF_WRITE);
@@ -460,7 +334,7 @@ fn append_sections(
             flags |= u64::from(SHF_EXECINSTR);
         }
         let file_backed = s.filesz != 0;
-        shdrs.push(SectionHeader {
+        tail.shdrs.push(SectionHeader {
             sh_name: image_name,
             sh_type: if file_backed {
                 SHT_PROGBITS
@@ -469,100 +343,111 @@ fn append_sections(
             },
             sh_flags: flags,
             sh_addr: s.vaddr,
-            sh_offset: 0,
+            sh_offset: offset,
             sh_size: if file_backed { s.filesz } else { s.memsz },
             sh_addralign: PAGE,
             ..Default::default()
         });
     }
-    for (i, off) in offsets.iter().enumerate().take(segs.len()) {
-        shdrs[i + 1].sh_offset = *off;
-    }
-    // `out` starts at file offset `base`: local offsets are aligned as file offsets.
-    let aligned8 = |len: usize| (align_up(base + len as u64, 8) - base) as usize;
+}
+
+/// The symbol table (locals first) and its string table, symbols pointing at the
+/// section of the segment that holds them.
+fn symbol_table(
+    tail: &mut Tail,
+    sizes: &ElfSizes,
+    segs: &[Seg],
+    symbols: &[ImageSymbol],
+) -> Result<()> {
+    let ctx = Ctx::new(sizes.container, Endian::Little);
     let section_of = |addr: u64| -> usize {
         segs.iter()
             .position(|s| s.vaddr <= addr && addr < s.vaddr + s.memsz)
             .map_or(SHN_ABS as usize, |i| i + 1)
     };
+    let mut strtab: Vec<u8> = vec![0];
+    let mut entries: Vec<Sym> = vec![Sym::default()];
+    let (locals, globals): (Vec<&ImageSymbol>, Vec<&ImageSymbol>) =
+        symbols.iter().partition(|s| !s.global);
+    for s in locals.iter().chain(globals.iter()) {
+        let at = strtab.len();
+        strtab.extend_from_slice(s.name.as_bytes());
+        strtab.push(0);
+        entries.push(Sym {
+            st_name: at,
+            st_info: ((if s.global { STB_GLOBAL } else { STB_LOCAL }) << 4) | s.kind,
+            st_other: 0,
+            st_shndx: section_of(s.addr),
+            st_value: s.addr,
+            st_size: s.size,
+        });
+    }
+    let symtab_off = tail.aligned8();
+    let count = entries.len();
+    tail.out.resize(symtab_off + count * sizes.sym, 0);
+    for (i, e) in entries.into_iter().enumerate() {
+        tail.out
+            .pwrite_with(e, symtab_off + i * sizes.sym, ctx)
+            .map_err(|e| other!("writing symbols: {e}"))?;
+    }
+    // The string table follows as the section after the symbol table.
+    let strtab_index = tail.shdrs.len() as u32 + 1;
+    let sh_name = tail.name(".symtab");
+    tail.shdrs.push(SectionHeader {
+        sh_name,
+        sh_type: SHT_SYMTAB,
+        sh_offset: tail.base + symtab_off as u64,
+        sh_size: (count * sizes.sym) as u64,
+        sh_link: strtab_index,
+        sh_info: locals.len() as u32 + 1,
+        sh_addralign: 8,
+        sh_entsize: sizes.sym as u64,
+        ..Default::default()
+    });
+    tail.append(".strtab", SHT_STRTAB, &strtab);
+    Ok(())
+}
+
+/// Builds, in `out` (which the file holds at offset `base`), the section headers (one per
+/// segment, so that tools know what is code), the symbol table and the `.elfpack`
+/// document; returns (e_shoff, e_shnum, e_shstrndx).
+fn append_sections(
+    out: &mut Vec<u8>,
+    base: u64,
+    sizes: &ElfSizes,
+    segs: &[Seg],
+    offsets: &[u64],
+    symbols: &[ImageSymbol],
+    doc: &[u8],
+) -> Result<(u64, u16, u16)> {
+    let ctx = Ctx::new(sizes.container, Endian::Little);
+    let mut tail = Tail {
+        out: std::mem::take(out),
+        base,
+        shstr: vec![0],
+        shdrs: vec![SectionHeader::default()],
+    };
+    segment_sections(&mut tail, segs, offsets);
     if !symbols.is_empty() {
-        let mut strtab: Vec<u8> = vec![0];
-        let mut entries: Vec<Sym> = vec![Sym::default()];
-        let (locals, globals): (Vec<&ImageSymbol>, Vec<&ImageSymbol>) =
-            symbols.iter().partition(|s| !s.global);
-        for s in locals.iter().chain(globals.iter()) {
-            let at = strtab.len();
-            strtab.extend_from_slice(s.name.as_bytes());
-            strtab.push(0);
-            entries.push(Sym {
-                st_name: at,
-                st_info: ((if s.global { STB_GLOBAL } else { STB_LOCAL }) << 4) | s.kind,
-                st_other: 0,
-                st_shndx: section_of(s.addr),
-                st_value: s.addr,
-                st_size: s.size,
-            });
-        }
-        let symtab_off = aligned8(out.len());
-        out.resize(symtab_off + entries.len() * symsize, 0);
-        for (i, e) in entries.into_iter().enumerate() {
-            out.pwrite_with(e, symtab_off + i * symsize, ctx)
-                .map_err(|e| other!("writing symbols: {e}"))?;
-        }
-        let strtab_off = out.len();
-        out.extend_from_slice(&strtab);
-        let strtab_index = shdrs.len() as u32 + 1;
-        shdrs.push(SectionHeader {
-            sh_name: name(".symtab"),
-            sh_type: SHT_SYMTAB,
-            sh_offset: base + symtab_off as u64,
-            sh_size: ((locals.len() + globals.len() + 1) * symsize) as u64,
-            sh_link: strtab_index,
-            sh_info: locals.len() as u32 + 1,
-            sh_addralign: 8,
-            sh_entsize: symsize as u64,
-            ..Default::default()
-        });
-        shdrs.push(SectionHeader {
-            sh_name: name(".strtab"),
-            sh_type: SHT_STRTAB,
-            sh_offset: base + strtab_off as u64,
-            sh_size: strtab.len() as u64,
-            sh_addralign: 1,
-            ..Default::default()
-        });
+        symbol_table(&mut tail, sizes, segs, symbols)?;
     }
-    let doc_off = out.len();
-    out.extend_from_slice(doc);
-    shdrs.push(SectionHeader {
-        sh_name: name(crate::meta::SECTION),
-        sh_type: SHT_PROGBITS,
-        sh_offset: base + doc_off as u64,
-        sh_size: doc.len() as u64,
-        sh_addralign: 1,
-        ..Default::default()
-    });
-    let shstrndx = shdrs.len();
-    let shstr_name = name(".shstrtab");
-    let shstr_off = out.len();
-    out.extend_from_slice(&shstr);
-    shdrs.push(SectionHeader {
-        sh_name: shstr_name,
-        sh_type: SHT_STRTAB,
-        sh_offset: base + shstr_off as u64,
-        sh_size: shstr.len() as u64,
-        sh_addralign: 1,
-        ..Default::default()
-    });
-    if shdrs.len() >= 0xff00 {
-        return Err(other!("too many sections ({})", shdrs.len()));
+    tail.append(crate::meta::SECTION, SHT_PROGBITS, doc);
+    let shstrndx = tail.shdrs.len();
+    // The name table names itself.
+    let sh_name = tail.name(".shstrtab");
+    let shstr = std::mem::take(&mut tail.shstr);
+    tail.append_named(sh_name, SHT_STRTAB, &shstr);
+    if tail.shdrs.len() >= 0xff00 {
+        return Err(other!("too many sections ({})", tail.shdrs.len()));
     }
-    let shoff = aligned8(out.len());
-    out.resize(shoff + shdrs.len() * shsize, 0);
-    let n = shdrs.len();
-    for (i, sh) in shdrs.into_iter().enumerate() {
-        out.pwrite_with(sh, shoff + i * shsize, ctx)
+    let shoff = tail.aligned8();
+    let n = tail.shdrs.len();
+    tail.out.resize(shoff + n * sizes.shdr, 0);
+    for (i, sh) in tail.shdrs.into_iter().enumerate() {
+        tail.out
+            .pwrite_with(sh, shoff + i * sizes.shdr, ctx)
             .map_err(|e| other!("writing section headers: {e}"))?;
     }
+    *out = tail.out;
     Ok((base + shoff as u64, n as u16, shstrndx as u16))
 }

@@ -1,5 +1,6 @@
 //! Reading a stopped tracee through /proc: its mappings, memory and break.
 use crate::error::{capture_err, Result};
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -172,29 +173,47 @@ impl Memory {
 
 /// Start addresses of the file mappings that have no anonymous (copied-on-write) pages,
 /// from /proc/PID/smaps: their contents are exactly the file's.
-pub fn unwritten_file_mappings(pid: i32) -> Result<std::collections::HashMap<u64, ()>> {
+pub fn unwritten_file_mappings(pid: i32) -> Result<HashSet<u64>> {
     // File names need not be UTF-8; only the field names and numbers are read here.
     let bytes = std::fs::read(format!("/proc/{pid}/smaps"))
         .map_err(|e| capture_err!("cannot read /proc/{pid}/smaps: {e}"))?;
     let text = String::from_utf8_lossy(&bytes);
-    let mut out = std::collections::HashMap::new();
+    let mut out = HashSet::new();
     let mut current: Option<(u64, bool)> = None;
     for line in text.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((a, _)) = first
+        if let Some(a) = first
             .split_once('-')
-            .filter(|(a, _)| u64::from_str_radix(a, 16).is_ok())
+            .and_then(|(a, _)| u64::from_str_radix(a, 16).ok())
         {
             let path = line.split_whitespace().nth(5).unwrap_or("");
-            current = Some((u64::from_str_radix(a, 16).unwrap(), path.starts_with('/')));
+            current = Some((a, path.starts_with('/')));
         } else if let (Some(rest), Some((start, true))) = (line.strip_prefix("Anonymous:"), current)
         {
-            if rest.trim().trim_end_matches("kB").trim() == "0" {
-                out.insert(start, ());
+            let kib: u64 = rest
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .map_err(|_| capture_err!("cannot parse /proc/{pid}/smaps: {line:?}"))?;
+            if kib == 0 {
+                out.insert(start);
             }
         }
     }
     Ok(out)
+}
+
+/// Whether the tracee runs with READ_IMPLIES_EXEC (linux
+/// `include/uapi/linux/personality.h`): the kernel made every mapping executable, so the
+/// protection does not tell code from data.
+pub fn read_implies_exec(pid: i32) -> Result<bool> {
+    let read_implies_exec = nix::sys::personality::Persona::READ_IMPLIES_EXEC.bits() as u32;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/personality"))
+        .map_err(|e| capture_err!("cannot read /proc/{pid}/personality: {e}"))?;
+    let p = u32::from_str_radix(text.trim(), 16)
+        .map_err(|_| capture_err!("cannot parse /proc/{pid}/personality: {text:?}"))?;
+    Ok(p & read_implies_exec != 0)
 }
 
 /// Reads `len` bytes of anonymous memory at `addr` (page-aligned): the pages that are

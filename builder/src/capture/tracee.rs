@@ -1,12 +1,15 @@
 //! The traced child: spawning it stopped at its first instruction, waiting for it,
 //! registers, breakpoints, and system calls injected into it. It is always killed and
 //! reaped when dropped.
+use crate::arch::ArchSpec;
 use crate::error::{capture_err, Result};
 use nix::sys::ptrace;
 use nix::sys::signal::{self, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -32,6 +35,93 @@ pub enum Stop {
     Killed(Signal),
 }
 
+/// What execve(2) gets, built before the fork: the child only makes system calls.
+struct Exec {
+    path: CString,
+    /// The strings the pointer arrays point into (their heap buffers do not move with
+    /// the struct).
+    _strings: (Vec<CString>, Vec<CString>),
+    argv_p: Vec<usize>,
+    env_p: Vec<usize>,
+}
+
+impl Exec {
+    fn new(program: &Path, argv: &[OsString], env: &[(OsString, OsString)]) -> Result<Exec> {
+        let cstring = |b: Vec<u8>| {
+            CString::new(b).map_err(|_| {
+                capture_err!(
+                    "cannot run {}: an argument or environment string holds a NUL byte",
+                    program.display()
+                )
+            })
+        };
+        let argv = argv
+            .iter()
+            .map(|a| cstring(a.as_bytes().to_vec()))
+            .collect::<Result<Vec<_>>>()?;
+        let env = env
+            .iter()
+            .map(|(k, v)| cstring([k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Exec {
+            path: cstring(program.as_os_str().as_bytes().to_vec())?,
+            argv_p: pointers(&argv),
+            env_p: pointers(&env),
+            _strings: (argv, env),
+        })
+    }
+}
+
+/// The NULL-terminated pointer array of `v`.
+fn pointers(v: &[CString]) -> Vec<usize> {
+    v.iter()
+        .map(|s| s.as_ptr() as usize)
+        .chain(std::iter::once(0))
+        .collect()
+}
+
+/// The first CPU the caller may use. The capture runs there: ld.so records CPUID
+/// results, and leaf 1 holds the APIC ID of the CPU it ran on.
+fn first_cpu() -> Option<usize> {
+    nix::sched::sched_getaffinity(Pid::from_raw(0))
+        .ok()
+        .and_then(|set| (0..nix::sched::CpuSet::count()).find(|&c| set.is_set(c).unwrap_or(false)))
+}
+
+/// In the child, between fork and exec (system calls only, on memory allocated before the
+/// fork): pins it to `cpu`, ties its life to the parent's,
+/// asks to be traced, turns off address-space randomisation and executes `exec`.
+fn child_setup(exec: &Exec, cpu: Option<usize>, parent: Pid) -> std::io::Result<()> {
+    if let Some(c) = cpu {
+        let mut one = nix::sched::CpuSet::new();
+        let _ = one.set(c);
+        let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), &one);
+    }
+    // Die with elfpack: a tracee must never outlive its tracer (prctl(2),
+    // PR_SET_PDEATHSIG; kept across this execve, the program is not setuid).
+    // A parent that died before the prctl is seen in getppid().
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+    if nix::unistd::getppid() != parent {
+        return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+    }
+    ptrace::traceme().map_err(std::io::Error::from)?;
+    let p = nix::sys::personality::get().map_err(std::io::Error::from)?;
+    nix::sys::personality::set(p | nix::sys::personality::Persona::ADDR_NO_RANDOMIZE)
+        .map_err(std::io::Error::from)?;
+    // Exactly PROGRAM: execve, never execvp, whose ENOEXEC fallback runs
+    // /bin/sh with the program as a script (glibc `posix/execvpe.c`).
+    // SAFETY: execve(2) gets NUL-terminated strings and NULL-terminated pointer arrays
+    // into `exec`, which outlives the call; on success it does not return.
+    unsafe {
+        nix::libc::execve(
+            exec.path.as_ptr(),
+            exec.argv_p.as_ptr() as *const *const nix::libc::c_char,
+            exec.env_p.as_ptr() as *const *const nix::libc::c_char,
+        );
+    }
+    Err(std::io::Error::last_os_error())
+}
+
 impl Tracee {
     /// Starts `program` with `argv` and `env`, without address-space randomisation, stopped
     /// at the first instruction after execve (ld.so's entry).
@@ -41,79 +131,19 @@ impl Tracee {
         env: &[(OsString, OsString)],
         quiet: bool,
     ) -> Result<Tracee> {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
-        let cstring = |b: Vec<u8>| {
-            CString::new(b).map_err(|_| {
-                capture_err!(
-                    "cannot run {}: an argument or environment string holds a NUL byte",
-                    program.display()
-                )
-            })
-        };
-        // Everything execve needs is built before the fork: the child only makes system
-        // calls.
-        let path_c = cstring(program.as_os_str().as_bytes().to_vec())?;
-        let argv_c = argv
-            .iter()
-            .map(|a| cstring(a.as_bytes().to_vec()))
-            .collect::<Result<Vec<_>>>()?;
-        let env_c = env
-            .iter()
-            .map(|(k, v)| cstring([k.as_bytes(), b"=", v.as_bytes()].concat()))
-            .collect::<Result<Vec<_>>>()?;
-        let pointers = |v: &[CString]| -> Vec<usize> {
-            v.iter()
-                .map(|s| s.as_ptr() as usize)
-                .chain(std::iter::once(0))
-                .collect()
-        };
-        let (argv_p, env_p) = (pointers(&argv_c), pointers(&env_c));
+        let exec = Exec::new(program, argv, env)?;
         let parent = nix::unistd::getpid();
         let mut cmd = Command::new(program);
         cmd.stdin(Stdio::null());
         if quiet {
             cmd.stderr(Stdio::null());
         }
-        // The capture runs on the first CPU the caller may use: ld.so records CPUID
-        // results, and leaf 1 holds the APIC ID of the CPU it ran on.
-        let cpu = nix::sched::sched_getaffinity(Pid::from_raw(0))
-            .ok()
-            .and_then(|set| {
-                (0..nix::sched::CpuSet::count()).find(|&c| set.is_set(c).unwrap_or(false))
-            });
+        let cpu = first_cpu();
         // SAFETY: between fork and exec the closure only makes system calls
         // (sched_setaffinity, prctl, getppid, ptrace(PTRACE_TRACEME), personality, execve),
         // all async-signal-safe (signal-safety(7)), on memory allocated before the fork.
         unsafe {
-            cmd.pre_exec(move || {
-                // Keep the CStrings alive in the closure: the pointer arrays point into them.
-                let _ = (&path_c, &argv_c, &env_c);
-                if let Some(c) = cpu {
-                    let mut one = nix::sched::CpuSet::new();
-                    let _ = one.set(c);
-                    let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), &one);
-                }
-                // Die with elfpack: a tracee must never outlive its tracer (prctl(2),
-                // PR_SET_PDEATHSIG; kept across this execve, the program is not setuid).
-                // A parent that died before the prctl is seen in getppid().
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-                if nix::unistd::getppid() != parent {
-                    return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
-                }
-                ptrace::traceme().map_err(std::io::Error::from)?;
-                let p = nix::sys::personality::get().map_err(std::io::Error::from)?;
-                nix::sys::personality::set(p | nix::sys::personality::Persona::ADDR_NO_RANDOMIZE)
-                    .map_err(std::io::Error::from)?;
-                // Exactly PROGRAM: execve, never execvp, whose ENOEXEC fallback runs
-                // /bin/sh with the program as a script (glibc `posix/execvpe.c`).
-                nix::libc::execve(
-                    path_c.as_ptr(),
-                    argv_p.as_ptr() as *const *const nix::libc::c_char,
-                    env_p.as_ptr() as *const *const nix::libc::c_char,
-                );
-                Err(std::io::Error::last_os_error())
-            });
+            cmd.pre_exec(move || child_setup(&exec, cpu, parent));
         }
         let child = cmd.spawn().map_err(|e| match e.raw_os_error() {
             // The kernel refuses the file itself: it cannot be packed.
@@ -133,9 +163,16 @@ impl Tracee {
             alive: true,
             descendants: Vec::new(),
         };
+        t.attach(program)?;
+        Ok(t)
+    }
+
+    /// Waits for the child's stop after its execve, traces what it starts, and checks
+    /// that the process runs `program`.
+    fn attach(&mut self, program: &Path) -> Result<()> {
         // After a successful execve a PTRACE_TRACEME child stops with SIGTRAP
         // (ptrace(2), "execve(2) under ptrace").
-        match t.wait()? {
+        match self.wait()? {
             Stop::Signal(Signal::SIGTRAP) => {}
             other => {
                 return Err(capture_err!(
@@ -146,7 +183,7 @@ impl Tracee {
         // Every process the program starts is traced too (so it stays stopped, and is
         // killed with the program), and all of them die if elfpack does.
         ptrace::setoptions(
-            t.pid,
+            self.pid,
             ptrace::Options::PTRACE_O_TRACESYSGOOD
                 | ptrace::Options::PTRACE_O_EXITKILL
                 | ptrace::Options::PTRACE_O_TRACEFORK
@@ -155,19 +192,15 @@ impl Tracee {
         )
         .map_err(|e| capture_err!("ptrace(SETOPTIONS): {e}"))?;
         // The image must be PROGRAM's: the file the kernel executed is the one checked.
-        use std::os::unix::fs::MetadataExt;
-        let exe = std::fs::metadata(format!("/proc/{}/exe", t.pid));
+        let exe = std::fs::metadata(format!("/proc/{}/exe", self.pid));
         let want = std::fs::metadata(program);
         match (exe, want) {
-            (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => {}
-            _ => {
-                return Err(capture_err!(
-                    "{}: the process started is not this program (it changed, or the kernel ran another file)",
-                    program.display()
-                ))
-            }
+            (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => Ok(()),
+            _ => Err(capture_err!(
+                "{}: the process started is not this program (it changed, or the kernel ran another file)",
+                program.display()
+            )),
         }
-        Ok(t)
     }
 
     pub fn wait(&mut self) -> Result<Stop> {
@@ -224,7 +257,7 @@ impl Tracee {
     /// over it; every register is restored afterwards.
     pub fn inject_syscall(
         &mut self,
-        is64: bool,
+        spec: &ArchSpec,
         insn: u64,
         nr: u64,
         args: [u64; 6],
@@ -234,13 +267,7 @@ impl Tracee {
         r.rip = insn;
         r.rax = nr;
         r.orig_rax = u64::MAX;
-        if is64 {
-            (r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9) =
-                (args[0], args[1], args[2], args[3], args[4], args[5]);
-        } else {
-            (r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp) =
-                (args[0], args[1], args[2], args[3], args[4], args[5]);
-        }
+        spec.set_args(&mut r, args);
         self.set_regs(r)?;
         ptrace::step(self.pid, None).map_err(|e| capture_err!("ptrace(SINGLESTEP): {e}"))?;
         match self.wait()? {
@@ -251,12 +278,7 @@ impl Tracee {
                 ))
             }
         }
-        let rax = self.regs()?.rax;
-        let ret = if is64 {
-            rax as i64
-        } else {
-            i64::from(rax as u32 as i32)
-        };
+        let ret = spec.ret(self.regs()?.rax);
         self.set_regs(saved)?;
         Ok(ret)
     }
