@@ -111,6 +111,77 @@ fn main() {
                 &out.join(format!("cxx-{arch}-{pie}")),
             );
         }
+        // A library with an unused undefined symbol, linked by `lazy-ARCH` (found through
+        // its RUNPATH) and, as libplug.so, dlopen()ed by it with RTLD_LAZY.
+        let lazydir = out.join(format!("lib-{arch}-lazy"));
+        std::fs::create_dir_all(&lazydir).unwrap();
+        for name in ["liblazy.so", "libplug.so"] {
+            compile(
+                false,
+                m32,
+                &["-shared", "-fPIC", &format!("-Wl,-soname,{name}")],
+                &[&dir.join("lazylib.c")],
+                &[],
+                &lazydir.join(name),
+            );
+        }
+        compile(
+            false,
+            m32,
+            &[
+                "-fPIE",
+                "-pie",
+                "-Wl,-z,lazy",
+                "-Wl,--allow-shlib-undefined",
+            ],
+            &[&dir.join("lazy.c")],
+            &[
+                &format!("-L{}", lazydir.display()),
+                &format!("-Wl,-rpath,{}", lazydir.display()),
+                "-llazy",
+                "-ldl",
+            ],
+            &out.join(format!("lazy-{arch}")),
+        );
+        // A program with RUNPATH $ORIGIN/plugins, a plugin next to it (in the capture
+        // directory) and another build of the plugin for the tests to place elsewhere.
+        let origin = out.join(format!("origin-{arch}"));
+        std::fs::create_dir_all(origin.join("plugins")).unwrap();
+        for (lib, where_) in [
+            (origin.join("plugins/libp2.so"), "the capture directory"),
+            (origin.join("libp2-moved.so"), "next to the program"),
+        ] {
+            compile(
+                false,
+                m32,
+                &["-shared", "-fPIC", &format!("-DWHERE=\"{where_}\"")],
+                &[&dir.join("origin_plugin.c")],
+                &[],
+                &lib,
+            );
+        }
+        compile(
+            false,
+            m32,
+            &[
+                "-fPIE",
+                "-pie",
+                "-Wl,-rpath,$ORIGIN/plugins",
+                "-Wl,--enable-new-dtags",
+            ],
+            &[&dir.join("origin_app.c")],
+            &["-ldl"],
+            &origin.join("app"),
+        );
+        // A program whose own IFUNC resolver reads CPUID and ignores glibc's mask.
+        compile(
+            false,
+            m32,
+            &["-fPIE", "-pie"],
+            &[&dir.join("ifunc_clone.c")],
+            &[],
+            &out.join(format!("ifunc-clone-{arch}")),
+        );
         // Programs with a large bss.
         let bigbss = dir.join("bigbss.c");
         for mb in [523, 1536] {

@@ -76,7 +76,7 @@ pub fn host() -> u64 {
         "popcnt" => POPCNT, "cmpxchg16b" => CX16, "avx" => AVX, "avx2" => AVX2, "bmi1" => BMI1,
         "bmi2" => BMI2, "fma" => FMA, "lzcnt" => LZCNT, "movbe" => MOVBE, "f16c" => F16C,
         "avx512f" => AVX512F, "avx512bw" => AVX512BW, "avx512cd" => AVX512CD,
-        "avx512dq" => AVX512DQ, "avx512vl" => AVX512VL, "xsave" => XSAVE,
+        "avx512dq" => AVX512DQ, "avx512vl" => AVX512VL, "xsave" => XSAVE, "xsavec" => XSAVEC,
     );
     f | CMOV
 }
@@ -88,6 +88,9 @@ pub struct Plan {
     pub needs: u64,
     /// The `glibc.cpu.hwcaps` value for the capture, if anything is masked.
     pub hwcaps: Option<String>,
+    /// The features the selected implementations may use (crate::cpu_check); `None` for
+    /// `native`, which allows whatever this CPU has.
+    pub allowed: Option<u64>,
 }
 
 pub fn plan(level: Level, arch: Arch) -> Result<Plan> {
@@ -127,6 +130,19 @@ pub fn plan(level: Level, arch: Arch) -> Result<Plan> {
         // `init_cpu_features`; sysdeps/x86_64/multiarch/ifunc-memmove.h).
         masked.push("AVX_Fast_Unaligned_Load");
     }
+    // The lazy-binding trampoline that ld.so puts in every GOT[2] saves the vector state
+    // with XSAVEC or XSAVE where it can (sysdeps/x86/cpu-features.c, `update_active`;
+    // sysdeps/x86_64/dl-machine.h, `elf_machine_runtime_setup`). XSAVEC belongs to no
+    // level and XSAVE only to those with AVX: without them it uses FXSAVE.
+    if level != Level::Native {
+        if host & XSAVEC != 0 {
+            masked.push("XSAVEC");
+            masked.push("XSAVEC_Usable");
+        }
+        if host & XSAVE != 0 && allowed & AVX == 0 {
+            masked.push("XSAVE");
+        }
+    }
     let hwcaps = (!masked.is_empty()).then(|| {
         masked
             .iter()
@@ -138,10 +154,13 @@ pub fn plan(level: Level, arch: Arch) -> Result<Plan> {
     // glibc selects implementations by).
     let selectable: u64 = MASKABLE.iter().map(|&(b, _)| b).fold(0, |a, b| a | b);
     let needs = allowed & host & (selectable | CMOV);
+    // The levels with AVX include XSAVE: the OS must save the YMM state for AVX.
+    let xsave = if allowed & AVX != 0 { XSAVE } else { 0 };
     Ok(Plan {
         name,
         needs,
         hwcaps,
+        allowed: (level != Level::Native).then_some(allowed | xsave),
     })
 }
 

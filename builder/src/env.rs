@@ -53,8 +53,9 @@ pub fn capture_env(o: &Options, hwcaps: Option<&str>, arch: program::Arch) -> Re
         }
         true
     });
-    // Bind every symbol now, so nothing is left for the lazy resolver after restore.
-    set(&mut env, "LD_BIND_NOW".into(), "1".into());
+    // Binding stays lazy, as in the original: the image keeps ld.so, whose resolver binds
+    // after restore what the program calls; crate::pipeline binds at capture only where
+    // that resolver needs more than the CPU level.
     for (k, v) in &o.env {
         set(&mut env, k.into(), v.into());
     }

@@ -153,6 +153,29 @@ impl Image {
         self.regions.iter().find(|r| r.contains(addr))
     }
 
+    /// The `len` captured bytes at `addr`, within one region.
+    pub fn read(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let r = self.region_of(addr)?;
+        let off = usize::try_from(addr - r.start).ok()?;
+        r.data.as_ref()?.get(off..off.checked_add(len)?)
+    }
+
+    /// The word (of the architecture's size) at `addr`.
+    pub fn word(&self, addr: u64) -> Option<u64> {
+        let w = self.arch.word();
+        let mut v = [0u8; 8];
+        v[..w].copy_from_slice(self.read(addr, w)?);
+        Some(u64::from_le_bytes(v))
+    }
+
+    /// The NUL-terminated string at `addr` (without the NUL), within one region.
+    pub fn string(&self, addr: u64) -> Option<&[u8]> {
+        let r = self.region_of(addr)?;
+        let off = usize::try_from(addr - r.start).ok()?;
+        let rest = r.data.as_ref()?.get(off..)?;
+        Some(&rest[..rest.iter().position(|&c| c == 0)?])
+    }
+
     /// Writes `len` bytes at `addr`; false if the range is not captured data.
     pub fn write_bytes(&mut self, addr: u64, bytes: &[u8]) -> bool {
         let Some(r) = self.regions.iter_mut().find(|r| r.contains(addr)) else {

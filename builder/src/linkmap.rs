@@ -12,28 +12,28 @@ pub struct Entry {
     pub names: Vec<String>,
 }
 
-/// Reads `len` bytes at `addr` of the image.
-fn read(image: &Image, addr: u64, len: usize) -> Option<&[u8]> {
-    let r = image.region_of(addr)?;
-    let off = usize::try_from(addr - r.start).ok()?;
-    r.data.as_ref()?.get(off..off.checked_add(len)?)
-}
-
 fn word(image: &Image, addr: u64) -> Option<u64> {
-    let w = image.arch.word();
-    let b = read(image, addr, w)?;
-    let mut v = [0u8; 8];
-    v[..w].copy_from_slice(b);
-    Some(u64::from_le_bytes(v))
+    image.word(addr)
 }
 
-/// The NUL-terminated string at `addr`, within one region.
 fn string(image: &Image, addr: u64) -> Option<String> {
-    let r = image.region_of(addr)?;
-    let off = usize::try_from(addr - r.start).ok()?;
-    let rest = r.data.as_ref()?.get(off..)?;
-    let end = rest.iter().position(|&c| c == 0)?;
-    Some(String::from_utf8_lossy(&rest[..end]).into_owned())
+    image
+        .string(addr)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+}
+
+/// The address of the program's own `struct link_map`: `_r_debug.r_map`, the first of the
+/// list (0 for an empty list).
+pub fn main_map(image: &Image) -> Option<u64> {
+    let ldso = image.objects.iter().find(|o| o.base == image.at_base)?;
+    let bytes = crate::files::map(&ldso.path).ok()?;
+    let elf = Elf::parse(&bytes).ok()?;
+    let sym = elf
+        .dynsyms
+        .iter()
+        .find(|s| s.st_shndx != 0 && elf.dynstrtab.get_at(s.st_name) == Some("_r_debug"))?;
+    let r_debug = ldso.base.checked_add(sym.st_value)?;
+    word(image, r_debug + image.arch.word() as u64)
 }
 
 /// The link map of the base namespace, through ld.so's `_r_debug` (glibc `elf/link.h`:
@@ -42,16 +42,8 @@ fn string(image: &Image, addr: u64) -> Option<String> {
 /// then `struct libname_list *l_libname`, whose entries are `{name, next, ...}`). `None`
 /// when ld.so or its `_r_debug` cannot be found in the image.
 pub fn read_entries(image: &Image) -> Option<Vec<Entry>> {
-    let ldso = image.objects.iter().find(|o| o.base == image.at_base)?;
-    let bytes = crate::files::map(&ldso.path).ok()?;
-    let elf = Elf::parse(&bytes).ok()?;
-    let sym = elf
-        .dynsyms
-        .iter()
-        .find(|s| s.st_shndx != 0 && elf.dynstrtab.get_at(s.st_name) == Some("_r_debug"))?;
     let w = image.arch.word() as u64;
-    let r_debug = ldso.base.checked_add(sym.st_value)?;
-    let mut map = word(image, r_debug + w)?;
+    let mut map = main_map(image)?;
     let mut out = Vec::new();
     // A corrupt list must not loop forever.
     for _ in 0..4096 {

@@ -8,7 +8,7 @@ use crate::env::{self, CaptureEnv};
 use crate::error::{other, Error, Result};
 use crate::signals::DeferSignals;
 use crate::warning::Warning;
-use crate::{capture, checks, cpu, meta, output, program, symbols, writer};
+use crate::{capture, checks, cpu, cpu_check, meta, origin, output, program, symbols, writer};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -109,16 +109,21 @@ struct Captures {
 /// run. It gets one argument more, which shows where ld.so keeps argc (`_dl_argc`): the
 /// stub sets that to each run's own. With --stop-at-entry the initializers ran and may
 /// have acted on the arguments, so both captures get the same.
-fn capture_twice(o: &Options, p: &Prepared) -> Result<Captures> {
+/// With `bind_now`, ld.so binds every symbol at capture (LD_BIND_NOW).
+fn capture_twice(o: &Options, p: &Prepared, bind_now: bool) -> Result<Captures> {
     let mut args = vec![o.program.clone()];
     args.extend(o.args.iter().cloned());
+    let mut env = p.env.env.clone();
+    if bind_now {
+        env.push(("LD_BIND_NOW".into(), "1".into()));
+    }
     let opts = capture::Options {
         args,
-        env: p.env.env.clone(),
+        env,
         timeout: o.timeout,
         at_entry: o.stop_at_entry,
         skip_code: false,
-        vary_aux: false,
+        comparison: false,
         quiet: false,
     };
     let argc_probe = (!o.stop_at_entry).then_some(opts.args.len() as u64);
@@ -133,7 +138,7 @@ fn capture_twice(o: &Options, p: &Prepared) -> Result<Captures> {
                 prog,
                 &capture::Options {
                     skip_code: true,
-                    vary_aux: true,
+                    comparison: true,
                     // ld.so's messages are shown once, from the first capture.
                     quiet: true,
                     args: second_args,
@@ -161,11 +166,8 @@ fn capture_twice(o: &Options, p: &Prepared) -> Result<Captures> {
 pub fn build(o: &Options, p: Prepared) -> Result<Packed> {
     let tunables = env::baked_tunables(&p.env.env);
     let t_capture = Instant::now();
-    let c = capture_twice(o, &p)?;
-    checks::check_loaded(&c.first.image, &p.env.includes)?;
+    let (analysed, notes, mut warnings) = analyse(o, &p)?;
     let capture = t_capture.elapsed();
-    let (notes, capture_warnings) = (c.first.notes.clone(), c.first.warnings.clone());
-    let analysed = analysis::combine(c.first, c.second, c.argc_probe)?;
     let target = Target {
         cpu_needs: p.cpu.needs,
         min_kernel: meta::min_kernel(&analysed.image.objects),
@@ -179,10 +181,6 @@ pub fn build(o: &Options, p: Prepared) -> Result<Packed> {
     };
     let symbols_time = t_symbols.elapsed();
     let (stats, write) = write(o, &p, &analysed, &target, &symbols, &tunables)?;
-    let mut warnings: Vec<Warning> = capture_warnings
-        .into_iter()
-        .map(Warning::from_capture)
-        .collect();
     if !p.program.secure_list_known {
         warnings.push(Warning::UnknownLoader(p.program.interp.clone()));
     }
@@ -201,6 +199,41 @@ pub fn build(o: &Options, p: Prepared) -> Result<Packed> {
         warnings,
         left_as_is: notes,
     })
+}
+
+/// Captures and analyses, then checks the CPU level (crate::cpu_check) and makes `$ORIGIN`
+/// follow the packed file (crate::origin). Binding stays lazy unless ld.so's lazy-binding
+/// resolver needs more than the level: then the captures are made again with every symbol
+/// bound. Returns the analysis, the fixup analysis's notes and the warnings.
+fn analyse(o: &Options, p: &Prepared) -> Result<(Analysed, Vec<String>, Vec<Warning>)> {
+    let mut warnings = Vec::new();
+    let mut bind_now = false;
+    let (analysed, notes, capture_warnings) = loop {
+        let c = capture_twice(o, p, bind_now)?;
+        checks::check_loaded(&c.first.image, &p.env.includes)?;
+        let (notes, capture_warnings) = (c.first.notes.clone(), c.first.warnings.clone());
+        let analysed = analysis::combine(c.first, c.second, c.argc_probe)?;
+        let Some(allowed) = p.cpu.allowed else {
+            break (analysed, notes, capture_warnings);
+        };
+        let excesses = cpu_check::excesses(&analysed.image, allowed);
+        if !bind_now && !excesses.is_empty() && excesses.iter().all(|e| e.lazy_resolver) {
+            let why = format!("{}, above the CPU level {}", excesses[0], p.cpu.name);
+            warnings.push(Warning::BoundAtCapture(why));
+            bind_now = true;
+            continue;
+        }
+        cpu_check::verify(&analysed.image, &p.cpu.name, allowed)?;
+        break (analysed, notes, capture_warnings);
+    };
+    let mut all: Vec<Warning> = capture_warnings
+        .into_iter()
+        .map(Warning::from_capture)
+        .collect();
+    all.append(&mut warnings);
+    let (image, origin_warnings) = origin::follow(analysed.image, &p.program.path);
+    all.extend(origin_warnings);
+    Ok((Analysed { image, ..analysed }, notes, all))
 }
 
 /// Writes OUTPUT: into a temporary file beside it, renamed over it once complete. Returns

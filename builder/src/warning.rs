@@ -17,6 +17,16 @@ pub enum Warning {
     /// The loader is not glibc 2.36's ld.so, whose list of unsecure variables the stub
     /// removes in a secure run.
     UnknownLoader(PathBuf),
+    /// An object's RUNPATH uses `$ORIGIN`, and ld.so keeps it expanded to the capture
+    /// directory (crate::origin).
+    OriginKept {
+        object: PathBuf,
+        runpath: String,
+        dir: PathBuf,
+    },
+    /// ld.so's lazy-binding resolver needs a feature above the CPU level (glibc before
+    /// 2.33 cannot be asked for its FXSAVE one), so every symbol was bound at capture.
+    BoundAtCapture(String),
 }
 
 impl Warning {
@@ -32,7 +42,13 @@ impl Warning {
 
     /// Whether it is said as a warning (unless `-q`) rather than only as a note.
     pub fn is_warning(&self) -> bool {
-        matches!(self, Warning::NotHandover(_) | Warning::UnknownLoader(_))
+        matches!(
+            self,
+            Warning::NotHandover(_)
+                | Warning::UnknownLoader(_)
+                | Warning::OriginKept { .. }
+                | Warning::BoundAtCapture(_)
+        )
     }
 
     /// Whether it comes from the capture (said again as a note with `-v`).
@@ -54,6 +70,20 @@ impl fmt::Display for Warning {
                 f,
                 "{} is not glibc 2.36's ld.so: if the packed file is made setuid, it removes glibc 2.36's list of unsecure variables, not this loader's",
                 interp.display()
+            ),
+            Warning::OriginKept {
+                object,
+                runpath,
+                dir,
+            } => write!(
+                f,
+                "{}: its RUNPATH {runpath} keeps $ORIGIN = {} (a later dlopen searches there, not next to the packed file)",
+                object.display(),
+                dir.display()
+            ),
+            Warning::BoundAtCapture(why) => write!(
+                f,
+                "{why}; every symbol was bound at capture instead (LD_BIND_NOW), so a later dlopen(RTLD_LAZY) binds all its symbols at once"
             ),
         }
     }

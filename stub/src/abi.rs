@@ -310,12 +310,13 @@ pub mod cpu {
     pub const XSAVE: u64 = 1 << 19;
     pub const CMOV: u64 = 1 << 20;
     pub const SSE2: u64 = 1 << 21;
+    pub const XSAVEC: u64 = 1 << 22;
 
     /// Feature names, for messages, in bit order.
-    pub const NAMES: [&str; 22] = [
+    pub const NAMES: [&str; 23] = [
         "SSE3", "SSSE3", "SSE4.1", "SSE4.2", "POPCNT", "CX16", "AVX", "AVX2", "BMI1", "BMI2",
         "FMA", "LZCNT", "MOVBE", "F16C", "AVX512F", "AVX512BW", "AVX512CD", "AVX512DQ", "AVX512VL",
-        "XSAVE", "CMOV", "SSE2",
+        "XSAVE", "CMOV", "SSE2", "XSAVEC",
     ];
 }
 

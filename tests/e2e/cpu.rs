@@ -137,3 +137,62 @@ fn real_programs_packed_by_default_run_on_a_nehalem() {
         assert_same(&format!("{prog} under qemu -cpu Nehalem"), &p, &o);
     }
 }
+
+/// The CPU level is verified after capture, not assumed: a program whose own IFUNC
+/// resolver reads CPUID (and so ignores glibc's mask) picks its SSE4.2 implementation on
+/// this machine, and `--cpu baseline` refuses to write that image, naming the feature and
+/// the function. `--cpu x86-64-v2` (which has SSE4.2) packs it, and the packed program
+/// prints what the original prints.
+#[test]
+fn selected_implementations_above_the_level_are_refused() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    assert!(
+        cpuinfo.contains(" sse4_2"),
+        "this test needs a CPU with SSE4.2"
+    );
+    for arch in [Arch::X86_64, Arch::I386] {
+        let prog = fixture(&format!("ifunc-clone-{}", arch.name()));
+        let d = scratch();
+        let out = d.path().join("o");
+        let r = Command::new(elfpack())
+            .args(["build", "-q", "--cpu", "baseline", "-o"])
+            .arg(&out)
+            .arg(&prog)
+            .output_t();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(3), "{}: {err}", arch.name());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("checksum") && err.contains("crc_sse42") && err.contains("SSE4_2"),
+            "{}: {err}",
+            arch.name()
+        );
+        assert!(!out.exists(), "a refused pack left {}", out.display());
+
+        let packed = packed(&prog, &["--cpu", "x86-64-v2"]);
+        let placed = Placed::new(&packed, Mode::Native, arch);
+        let p = placed.run(&["some text"], b"", None);
+        let o = run_original(&prog, placed.argv0(), &["some text"], b"", None);
+        assert_same(&format!("{} ifunc-clone at x86-64-v2", arch.name()), &p, &o);
+    }
+}
+
+/// glibc's own choices at each level pass the verification on this machine, for real
+/// programs (no false refusals).
+#[test]
+fn glibc_choices_pass_the_verification_at_every_level() {
+    let avx512 = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .contains(" avx512f");
+    let levels: &[&str] = if avx512 {
+        &["baseline", "x86-64-v2", "x86-64-v3", "x86-64-v4"]
+    } else {
+        &["baseline", "x86-64-v2", "x86-64-v3"]
+    };
+    for prog in ["/usr/bin/python3", "/usr/bin/sort"] {
+        for level in levels {
+            let d = scratch();
+            pack_to(Path::new(prog), &d.path().join("o"), &["--cpu", level]);
+        }
+    }
+}

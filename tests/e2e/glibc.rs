@@ -387,23 +387,15 @@ fn debian_11_x86_64_two_packs_are_identical() {
     two_packs("bullseye-amd64");
 }
 
-/// Fails: the i386 ld.so of glibc 2.31 holds a 64-bit TSC reading in its RELRO data (ld.so
-/// offset 0x2a780, most likely rtld.c's `start_time` for LD_DEBUG=statistics; its high
-/// word matched the machine's uptime in cycles). Normalisation compares the two captures in
-/// 4-byte words on i386, so it zeroes the low half, which differs, and keeps the high half,
-/// which is the same in two captures made milliseconds apart but not in packs made seconds
-/// apart. x86-64 compares 8-byte words and zeroes the whole value.
+/// The i386 ld.so keeps a 64-bit time stamp (rtld.c's start time, from `rdtsc`) in two
+/// 4-byte words; the capture answers `rdtsc` itself, so both halves differ between the two
+/// captures and are zeroed, and two packs seconds apart are the same.
 #[test]
-#[ignore = "known bug: the high half of a 64-bit TSC reading in glibc 2.31 i386 ld.so data survives normalisation"]
 fn debian_11_i386_two_packs_are_identical() {
     two_packs("bullseye-i386");
 }
 
-/// Fails for the same reason as `debian_11_i386_two_packs_are_identical`: in two packs made
-/// 2 s apart, the 4 bytes at file offset 0x4cb64 were 0x1998 then 0x1999, after 4 zeroed
-/// bytes; 0x1999 << 32 cycles at this machine's 2596 MHz TSC is its uptime (10842 s).
 #[test]
-#[ignore = "known bug: the high half of a 64-bit TSC reading in glibc 2.36 i386 ld.so data survives normalisation"]
 fn debian_12_i386_two_packs_are_identical() {
     two_packs("bookworm-i386");
 }

@@ -181,3 +181,84 @@ fn i386_coreutils_gzip_sqlite3() {
     }
     compare_i386("bin/ls", Mode::Native, &["-1", "/"], b"");
 }
+
+/// Java: the launcher loads libjli, then libjvm, libjava and friends with dlopen. Packed with
+/// the C++ runtime, libgcc_s and zlib included (libjvm and libzip need them), it runs a
+/// class natively and in a root that holds nothing but the packed launcher, the class and
+/// the JDK's own directory (bind-mounted read-only): no ld.so, no libc, no /proc.
+#[test]
+fn java_natively_and_in_an_empty_root() {
+    let java = require("java");
+    let javac = require("javac");
+    let home = std::fs::canonicalize(&java)
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf();
+    let d = scratch();
+    let classes = d.path().join("root/classes");
+    std::fs::create_dir_all(&classes).unwrap();
+    let src = d.path().join("Hello.java");
+    std::fs::write(
+        &src,
+        "public class Hello { public static void main(String[] a) throws Exception {\n\
+         java.util.zip.CRC32 c = new java.util.zip.CRC32(); c.update(String.join(\",\", a).getBytes());\n\
+         System.out.println(a.length + \" \" + String.join(\",\", a) + \" \" + Long.toHexString(c.getValue())); } }\n",
+    )
+    .unwrap();
+    let mut c = std::process::Command::new(&javac);
+    c.arg("-d").arg(&classes).arg(&src);
+    let r = run_cmd(c, b"");
+    assert_eq!(r.code, Some(0), "javac: {}", r.stderr);
+
+    let packed = packed(
+        &java,
+        &[
+            "--include",
+            "libstdc++.so.6",
+            "--include",
+            "libgcc_s.so.1",
+            "--include",
+            "libz.so.1",
+        ],
+    );
+    let args = ["-Xshare:auto", "-cp", "/classes", "Hello", "x", "two words"];
+    let mut o = std::process::Command::new(&java);
+    o.args(["-cp"]).arg(&classes).args(&args[3..]);
+    let o = run_cmd(o, b"");
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+
+    let mut n = std::process::Command::new(&packed);
+    n.args(["-cp"]).arg(&classes).args(&args[3..]);
+    let n = run_cmd(n, b"");
+    assert_same("java natively", &n, &o);
+
+    let root = d.path().join("root");
+    let inside = root.join(home.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&inside).unwrap();
+    std::fs::copy(&packed, root.join("java")).unwrap();
+    let script = format!(
+        "'{}' --bind -o ro '{}' '{}' && exec '{}' '{}' /java \"$@\"",
+        require("mount").display(),
+        home.display(),
+        inside.display(),
+        require("chroot").display(),
+        root.display()
+    );
+    let mut e = std::process::Command::new(require("unshare"));
+    e.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ])
+    .args(args)
+    .env_clear()
+    .envs(test_env());
+    let e = run_cmd(e, b"");
+    assert_same("java in an empty root", &e, &o);
+}

@@ -94,7 +94,45 @@ pub struct Loader<'a> {
     /// Capture at the program entry rather than at `_dl_start_user`.
     pub at_entry_mode: bool,
     pub warnings: Vec<String>,
+    /// The time-stamp counter this capture's `rdtsc` reads.
+    pub clock: TimeStamps,
 }
+
+/// The time-stamp counter a capture sees: the tracee's `rdtsc`/`rdtscp` fault
+/// (PR_TSC_SIGSEGV, tracee.rs) and read these values. They are the same in every pack, so
+/// two packs of one input are identical, and they differ in both 32-bit halves (and in
+/// their differences: a time taken) between the two captures, so that normalisation sees
+/// every word of a stored time stamp vary; an i386 ld.so keeps a 64-bit one in two words
+/// (glibc `elf/rtld.c`, `_dl_start`, HP_TIMING_NOW).
+pub struct TimeStamps {
+    next: u64,
+    step: u64,
+}
+
+impl TimeStamps {
+    pub fn new(second: bool) -> TimeStamps {
+        if second {
+            TimeStamps {
+                next: 0x2000_0002_0000_0000,
+                step: 0x3_0003_0000,
+            }
+        } else {
+            TimeStamps {
+                next: 0x1000_0001_0000_0000,
+                step: 0x1_0001_0000,
+            }
+        }
+    }
+
+    fn read(&mut self) -> u64 {
+        self.next += self.step;
+        self.next
+    }
+}
+
+/// `rdtsc` and `rdtscp`.
+const RDTSC: [u8; 2] = [0x0f, 0x31];
+const RDTSCP: [u8; 3] = [0x0f, 0x01, 0xf9];
 
 impl Loader<'_> {
     /// Runs the tracee until the handover (or the program entry).
@@ -118,6 +156,7 @@ impl Loader<'_> {
                         });
                     }
                 }
+                Stop::Signal(Signal::SIGSEGV) if self.on_time_stamp()? => {}
                 Stop::Signal(s) => sig = Some(s),
                 Stop::Exited(code) => {
                     return Err(capture_err!(
@@ -133,6 +172,31 @@ impl Loader<'_> {
                 }
             }
         }
+    }
+
+    /// A SIGSEGV stop: answers a faulting `rdtsc`/`rdtscp` at the program counter with the
+    /// capture's own counter and steps over it. False if the fault was something else.
+    fn on_time_stamp(&mut self) -> Result<bool> {
+        let mut r = self.t.regs()?;
+        let pc = r.rip & self.spec.mask;
+        let Ok(insn) = self.mem.read(pc, 3) else {
+            return Ok(false);
+        };
+        let len = if insn[..2] == RDTSC {
+            2
+        } else if insn[..] == RDTSCP {
+            // IA32_TSC_AUX: the CPU number, as Linux sets it; the capture runs on one CPU.
+            r.rcx = 0;
+            3
+        } else {
+            return Ok(false);
+        };
+        let value = self.clock.read();
+        r.rax = value & 0xffff_ffff;
+        r.rdx = value >> 32;
+        r.rip = pc + len;
+        self.t.set_regs(r)?;
+        Ok(true)
     }
 
     /// A system-call stop: an entry (`entry_regs` is `None`) or the matching exit.

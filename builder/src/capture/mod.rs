@@ -43,10 +43,11 @@ pub struct Options {
     /// Leave out the contents of executable mappings (a capture made only to compare
     /// data with another: ld.so does not write code).
     pub skip_code: bool,
-    /// Give ld.so other values of the auxv entries it copies ([`VARIED_AUX`]), so that a
-    /// comparison with a capture that saw the kernel's own values finds where it keeps
+    /// The comparison capture: ld.so gets other values of the auxv entries it copies
+    /// ([`VARIED_AUX`]) and another time-stamp counter (handover::TimeStamps), so that a
+    /// comparison with the capture that saw the kernel's own values finds where it keeps
     /// them.
-    pub vary_aux: bool,
+    pub comparison: bool,
     /// Send the program's stderr to /dev/null.
     pub quiet: bool,
 }
@@ -133,7 +134,7 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, opts: &Options) -> Result<S
     };
     let window = steer::choose_window(&s.maps, &s.exe_path, &spec.steer)?;
     let (ldso_base, cursor) = steer::move_vdso_and_ldso(t, mem, spec, &mut s, window.0)?;
-    stack::fix_random_and_vary(mem, &mut s.stack, spec.word, opts.vary_aux)?;
+    stack::fix_random_and_vary(mem, &mut s.stack, spec.word, opts.comparison)?;
     let mut loader = handover::Loader {
         t,
         mem,
@@ -143,6 +144,7 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, opts: &Options) -> Result<S
         at_entry: s.at_entry,
         at_entry_mode: opts.at_entry,
         warnings: Vec::new(),
+        clock: handover::TimeStamps::new(opts.comparison),
     };
     let handover = loader.run(s.regs)?;
     let (steering, mut warnings) = (loader.steering, loader.warnings);

@@ -158,18 +158,18 @@ pub fn set_aux(
 }
 
 /// No per-capture randomness in the image: the AT_RANDOM bytes become [`RANDOM_PATTERN`];
-/// a comparison capture (`vary_aux`) also gets other values of [`VARIED_AUX`].
+/// the comparison capture (`comparison`) also gets other values of [`VARIED_AUX`].
 pub fn fix_random_and_vary(
     mem: &Memory,
     stack: &mut StackInfo,
     word: usize,
-    vary_aux: bool,
+    comparison: bool,
 ) -> Result<()> {
     let random = stack
         .aux(AT_RANDOM)
         .ok_or_else(|| capture_err!("no AT_RANDOM"))?;
     mem.write(random, &RANDOM_PATTERN)?;
-    if vary_aux {
+    if comparison {
         for &(tag, change) in VARIED_AUX {
             if let Some(v) = stack.aux(tag) {
                 set_aux(mem, stack, word, tag, v ^ change)?;

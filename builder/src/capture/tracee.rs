@@ -89,7 +89,7 @@ fn first_cpu() -> Option<usize> {
 }
 
 /// In the child, between fork and exec (system calls only, on memory allocated before the
-/// fork): pins it to `cpu`, ties its life to the parent's,
+/// fork): pins it to `cpu`, ties its life to the parent's, makes time-stamp reads fault,
 /// asks to be traced, turns off address-space randomisation and executes `exec`.
 fn child_setup(exec: &Exec, cpu: Option<usize>, parent: Pid) -> std::io::Result<()> {
     if let Some(c) = cpu {
@@ -103,6 +103,14 @@ fn child_setup(exec: &Exec, cpu: Option<usize>, parent: Pid) -> std::io::Result<
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
     if nix::unistd::getppid() != parent {
         return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+    }
+    // rdtsc/rdtscp fault (SIGSEGV) from here on, across the execve, and the tracer answers
+    // them (handover.rs, `Loader::on_time_stamp`): prctl(2) PR_SET_TSC, kept across execve
+    // (linux `arch/x86/kernel/process.c`, `disable_TSC`).
+    // SAFETY: prctl(PR_SET_TSC) takes integer arguments only and changes only this thread's
+    // TSC flag.
+    if unsafe { nix::libc::prctl(nix::libc::PR_SET_TSC, nix::libc::PR_TSC_SIGSEGV, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     ptrace::traceme().map_err(std::io::Error::from)?;
     let p = nix::sys::personality::get().map_err(std::io::Error::from)?;
