@@ -1,6 +1,7 @@
 //! The checks around the capture: OUTPUT can be written (before), and what `--include`
 //! asked for was loaded, with no sanitizer runtime (after).
 use crate::error::{unpackable, Error, Result};
+use crate::warning::Warning;
 use crate::{files, image, linkmap, output, program};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -104,4 +105,32 @@ pub fn check_output(output: &Path, program: &Path) -> Result<PathBuf> {
     // Probe writability with the same kind of file the final write uses.
     output::probe(&dir)?;
     Ok(dir)
+}
+
+/// The glibc versions elfpack is tested with: what it restores of glibc's start-up state
+/// (the rseq area, the tcache key, the getrandom cache, ...) was checked against each.
+pub const GLIBC_TESTED: (u32, u32) = (31, 43);
+
+/// Refuses an image whose glibc elfpack is not tested with, or whose version it cannot
+/// tell, unless `untested` (`--untested-glibc`): then a warning.
+pub fn check_glibc(image: &image::Image, untested: bool) -> Result<Option<Warning>> {
+    let version = crate::meta::glibc_of(image);
+    let minor = version
+        .as_deref()
+        .and_then(|v| v.strip_prefix("2."))
+        .and_then(|m| m.split('.').next()?.parse::<u32>().ok());
+    let (lo, hi) = GLIBC_TESTED;
+    if minor.is_some_and(|m| (lo..=hi).contains(&m)) {
+        return Ok(None);
+    }
+    let what = match &version {
+        Some(v) => format!("glibc {v} is outside the versions elfpack is tested with (2.{lo} to 2.{hi})"),
+        None => "the program's glibc does not say its version (no libc.so.6 with a \"release version\" string)".to_string(),
+    };
+    if untested {
+        return Ok(Some(Warning::UntestedGlibc(what)));
+    }
+    Err(unpackable!(
+        "{what}: its start-up state may hold what elfpack does not restore (pack anyway with --untested-glibc)"
+    ))
 }

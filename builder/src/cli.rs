@@ -77,6 +77,10 @@ pub struct BuildArgs {
     /// Leave the symbol table out of OUTPUT.
     #[arg(long)]
     strip: bool,
+    /// Pack even if the program's glibc is outside the versions elfpack is tested with
+    /// (2.31 to 2.43), with a warning.
+    #[arg(long)]
+    untested_glibc: bool,
     /// Print what was captured.
     #[arg(short, long)]
     verbose: bool,
@@ -101,6 +105,7 @@ impl BuildArgs {
             stop_at_entry: self.stop_at_entry,
             include: self.include.clone(),
             strip: self.strip,
+            untested_glibc: self.untested_glibc,
             args: self.args.clone(),
         };
         let verbosity = match (self.quiet, self.verbose) {

@@ -179,6 +179,17 @@ fn library(path: &std::path::Path, base: u64) -> Library {
 }
 
 /// The program's entry, the libraries' and glibc's version, from the image's objects.
+/// The version of the glibc in the image (its libc.so.6), if it says.
+pub fn glibc_of(image: &Image) -> Option<String> {
+    let libc = image.objects.iter().find(|o| {
+        crate::files::map(&o.path)
+            .ok()
+            .and_then(|b| Elf::parse(&b).ok().map(|e| e.soname == Some("libc.so.6")))
+            .unwrap_or(false)
+    })?;
+    glibc_version(&crate::files::map(&libc.path).ok()?)
+}
+
 fn objects(image: &Image, prog: &Program) -> (Library, Vec<Library>, Option<String>) {
     let program_path = std::fs::canonicalize(&prog.path).unwrap_or_else(|_| prog.path.clone());
     let mut libraries = Vec::new();

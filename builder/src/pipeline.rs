@@ -34,6 +34,8 @@ pub struct Options {
     pub include: Vec<OsString>,
     /// `--strip`.
     pub strip: bool,
+    /// `--untested-glibc`.
+    pub untested_glibc: bool,
     /// The arguments of the capture run.
     pub args: Vec<OsString>,
 }
@@ -211,8 +213,10 @@ fn analyse(o: &Options, p: &Prepared) -> Result<(Analysed, Vec<String>, Vec<Warn
     let (analysed, notes, capture_warnings) = loop {
         let c = capture_twice(o, p, bind_now)?;
         checks::check_loaded(&c.first.image, &p.env.includes)?;
+        let glibc = checks::check_glibc(&c.first.image, o.untested_glibc)?;
         let (notes, capture_warnings) = (c.first.notes.clone(), c.first.warnings.clone());
         let analysed = analysis::combine(c.first, c.second, c.argc_probe)?;
+        warnings.extend(glibc.filter(|_| !bind_now));
         let Some(allowed) = p.cpu.allowed else {
             break (analysed, notes, capture_warnings);
         };

@@ -27,6 +27,8 @@ pub enum Warning {
     /// ld.so's lazy-binding resolver needs a feature above the CPU level (glibc before
     /// 2.33 cannot be asked for its FXSAVE one), so every symbol was bound at capture.
     BoundAtCapture(String),
+    /// `--untested-glibc` packed a glibc outside the tested versions.
+    UntestedGlibc(String),
 }
 
 impl Warning {
@@ -48,6 +50,7 @@ impl Warning {
                 | Warning::UnknownLoader(_)
                 | Warning::OriginKept { .. }
                 | Warning::BoundAtCapture(_)
+                | Warning::UntestedGlibc(_)
         )
     }
 
@@ -81,6 +84,7 @@ impl fmt::Display for Warning {
                 object.display(),
                 dir.display()
             ),
+            Warning::UntestedGlibc(what) => write!(f, "{what}; packed as asked (--untested-glibc)"),
             Warning::BoundAtCapture(why) => write!(
                 f,
                 "{why}; every symbol was bound at capture instead (LD_BIND_NOW), so a later dlopen(RTLD_LAZY) binds all its symbols at once"

@@ -43,10 +43,10 @@ pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
     // 2. The initial stack for `_dl_start_user`: this run's argv and envp, the auxv
     //    entries that describe the program set to the original program's values.
     stack::describe_program(&mut st, d);
-    // 3. and 7. The program break (this run's, or the captured heap's end), and this run's
-    //    argument and environment ranges published: one prctl_mm_map holds both.
+    // 3. The program break (this run's, or the captured heap's end), and this run's
+    //    argument and environment ranges published: one prctl_mm_map holds both. In a
+    //    secure run (AT_SECURE), drop the variables ld.so drops for setuid programs.
     mm::restore_brk_and_ranges(d, &st);
-    // 3b. In a secure run (AT_SECURE), drop the variables ld.so drops for setuid programs.
     secure::scrub_environment(&mut st);
     // 4. Point the image's vDSO functions at this kernel's vDSO, or at system calls.
     vdso::connect(d, &st);
@@ -56,7 +56,7 @@ pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
     // 6. Redo the per-thread kernel registrations: thread pointer, tid address, robust
     //    list, rseq.
     thread::register(d);
-    // Then give every region its captured protection, now that the writes are done.
+    // 7. Give every region its captured protection, now that the writes are done.
     protect::seal(d);
     trace::finish(t0);
     // 8. Resume where ld.so hands over to the program (or, for a loader captured at the

@@ -515,3 +515,31 @@ fn debian_13_fresh_secrets_at_every_run() {
 fn debian_unstable_fresh_secrets_at_every_run() {
     fresh_secrets("sid-amd64", Arch::X86_64, true);
 }
+
+/// Binding stays lazy where glibc can be asked for a resolver of the level (2.33+), and
+/// elfpack binds at capture, with a warning, where it cannot (2.31, whose XSAVE state size
+/// is fixed before the tunable is read). Either way the packed program runs on a CPU
+/// without XSAVE (qemu's Nehalem model): the matrix runs every output there.
+fn binding_at_capture(name: &'static str, bound: bool) {
+    let root = Root::new(name);
+    let elfpack = root.inside("elfpack");
+    let out = root.inside("sort.lazy");
+    let r = root.run(&[&elfpack, "build", "/usr/bin/sort", "-o", &out], b"");
+    assert_eq!(r.code, Some(0), "{name}: {}", r.stderr);
+    let warned = r
+        .stderr
+        .lines()
+        .any(|l| l.contains("lazy-binding resolver") && l.contains("bound at capture"));
+    assert_eq!(warned, bound, "{name}: {}", r.stderr);
+}
+
+#[test]
+fn debian_11_x86_64_binds_at_capture() {
+    binding_at_capture("bullseye-amd64", true);
+}
+
+#[test]
+fn debian_13_and_unstable_keep_lazy_binding() {
+    binding_at_capture("trixie-amd64", false);
+    binding_at_capture("sid-amd64", false);
+}

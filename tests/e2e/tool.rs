@@ -295,3 +295,58 @@ fn verbosity() {
         assert!(verbose.contains(want), "-v lacks {want}: {verbose}");
     }
 }
+
+/// A glibc outside the versions elfpack is tested with is refused at pack time, in one
+/// line, with nothing written; `--untested-glibc` packs it with a warning. The glibc is
+/// this machine's, with the version in its "release version" string changed to 2.99, found
+/// through LD_LIBRARY_PATH at capture.
+#[test]
+fn untested_glibc_is_refused_unless_asked() {
+    let d = scratch();
+    let mut libc = std::fs::read("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
+    let key = b"release version 2.";
+    let at = libc
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("libc says its version")
+        + key.len();
+    assert!(
+        libc[at..at + 2].iter().all(u8::is_ascii_digit),
+        "a two-digit minor version"
+    );
+    libc[at..at + 2].copy_from_slice(b"99");
+    std::fs::write(d.path().join("libc.so.6"), &libc).unwrap();
+    let env = format!("LD_LIBRARY_PATH={}", d.path().display());
+    let prog = fixture("fixture-x86_64-pie");
+    let out = d.path().join("packed");
+    let (code, _, err) = elfpack_out(&[
+        "build",
+        prog.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--env",
+        &env,
+    ]);
+    assert_eq!(code, Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(
+            "elfpack: glibc 2.99 is outside the versions elfpack is tested with (2.31 to 2.43)"
+        ) && err.contains("--untested-glibc"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let (code, _, err) = elfpack_out(&[
+        "build",
+        prog.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--env",
+        &env,
+        "--untested-glibc",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("warning: glibc 2.99 is outside"), "{err}");
+    let r = Command::new(&out).arg("true").output_t();
+    assert!(r.status.success());
+}
