@@ -15,7 +15,7 @@ pub struct Prepared {
     pub stack: StackInfo,
     /// Words inside the capture-time stack's range that point at none of its parts.
     pub notes: Vec<String>,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<crate::warning::Warning>,
 }
 
 /// The image to pack and what the stub redoes in it.

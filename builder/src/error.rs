@@ -18,6 +18,9 @@ pub enum Error {
     Capture(String),
     #[error("{0}")]
     Other(String),
+    /// Writing OUTPUT failed (the pipeline names the file).
+    #[error("writing the output: {0}")]
+    Write(std::io::Error),
 }
 
 impl Error {
@@ -25,7 +28,7 @@ impl Error {
         match self {
             Error::Unpackable(_) => EXIT_UNPACKABLE,
             Error::Capture(_) => EXIT_CAPTURE,
-            Error::Other(_) => EXIT_OTHER,
+            Error::Other(_) | Error::Write(_) => EXIT_OTHER,
         }
     }
 }

@@ -30,7 +30,7 @@
 use crate::analysis::Analysed;
 use crate::arch::StubPlacement;
 use crate::descriptor::Target;
-use crate::error::{other, Result};
+use crate::error::{other, unpackable, Result};
 use crate::image::{Fixup, Image, PROT_EXEC, PROT_READ, PROT_WRITE};
 use crate::stub_blob::{self, Stub};
 use elfpack_stub::abi::{Protect, PROT_UNMAP};
@@ -399,7 +399,7 @@ fn place_stub(placement: StubPlacement, lo: u64, hi: u64, total: u64) -> Result<
         StubPlacement::Below => {
             let b = (lo.saturating_sub(total + STUB_ALIGN)) & !(STUB_ALIGN - 1);
             if b < STUB_ALIGN {
-                return Err(other!("no room below the image for the stub"));
+                return Err(unpackable!("no room below the image for the stub"));
             }
             Ok(b)
         }

@@ -230,10 +230,7 @@ fn analyse(o: &Options, p: &Prepared) -> Result<(Analysed, Vec<String>, Vec<Warn
         cpu_check::verify(&analysed.image, &p.cpu.name, allowed)?;
         break (analysed, notes, capture_warnings);
     };
-    let mut all: Vec<Warning> = capture_warnings
-        .into_iter()
-        .map(Warning::from_capture)
-        .collect();
+    let mut all = capture_warnings;
     all.append(&mut warnings);
     let (image, origin_warnings) = origin::follow(analysed.image, &p.program.path);
     all.extend(origin_warnings);
@@ -277,23 +274,10 @@ fn write(
     Ok((stats, write_time))
 }
 
-/// The writer's errors as elfpack reports them: an image that cannot be laid out is a
-/// program that cannot be packed (exit 3); an I/O error names OUTPUT. The writer states
-/// both kinds as text: these are its messages.
+/// The writer's errors as elfpack reports them: an I/O error names OUTPUT.
 fn writer_error(e: Error, output: &Path) -> Error {
     match e {
-        Error::Other(m)
-            if m.starts_with("no room below the image")
-                || m.contains("more than the kernel accepts")
-                || m.starts_with("too many sections") =>
-        {
-            Error::Unpackable(m)
-        }
-        Error::Other(m) if m.starts_with("writing") => {
-            let reason = m.split_once(": ").map_or(m.as_str(), |(_, r)| r);
-            let reason = reason.split(" (os error").next().unwrap_or(reason);
-            other!("{}: {reason}", output.display())
-        }
+        Error::Write(e) => other!("{}: {}", output.display(), program::io_reason(&e)),
         e => e,
     }
 }

@@ -187,7 +187,7 @@ fn misfit_symbols(bytes: &[u8], h: &Headers, size: usize) -> Result<Vec<(usize, 
 
 fn write(file: &File, buf: &[u8], at: u64) -> Result<()> {
     file.write_all_at(buf, at)
-        .map_err(|e| fail(&crate::program::io_reason(&e)))
+        .map_err(crate::error::Error::Write)
 }
 
 fn section_table(h: &Headers, shdrs: &[SectionHeader]) -> Result<Vec<u8>> {

@@ -10,10 +10,12 @@ pub enum Warning {
     /// `--env` sets those). A note, said before the capture.
     TunablesDropped(Vec<String>),
     /// ld.so's `_dl_start` did not return the program's entry point, so the capture was
-    /// made there instead (the capture's text).
-    NotHandover(String),
-    /// Another remark of the capture (the capture's text), a note for `-v`.
-    Capture(String),
+    /// made there instead.
+    NotHandover { returned: u64, entry: u64 },
+    /// ld.so's mmap did not take the steering's address hint (a note for `-v`).
+    MmapElsewhere { len: u64, got: u64, hint: u64 },
+    /// Nothing near the thread pointer holds the thread ID (a note for `-v`).
+    NoTidCache { tid: u64, thread_pointer: u64 },
     /// The loader is not glibc 2.36's ld.so, whose list of unsecure variables the stub
     /// removes in a secure run.
     UnknownLoader(PathBuf),
@@ -32,21 +34,11 @@ pub enum Warning {
 }
 
 impl Warning {
-    /// A remark of the capture. The capture states them as text; the one about glibc's
-    /// handover is the one said without `-v`.
-    pub fn from_capture(text: String) -> Warning {
-        if text.contains("not glibc's handover") {
-            Warning::NotHandover(text)
-        } else {
-            Warning::Capture(text)
-        }
-    }
-
     /// Whether it is said as a warning (unless `-q`) rather than only as a note.
     pub fn is_warning(&self) -> bool {
         matches!(
             self,
-            Warning::NotHandover(_)
+            Warning::NotHandover { .. }
                 | Warning::UnknownLoader(_)
                 | Warning::OriginKept { .. }
                 | Warning::BoundAtCapture(_)
@@ -56,7 +48,12 @@ impl Warning {
 
     /// Whether it comes from the capture (said again as a note with `-v`).
     pub fn is_capture(&self) -> bool {
-        matches!(self, Warning::NotHandover(_) | Warning::Capture(_))
+        matches!(
+            self,
+            Warning::NotHandover { .. }
+                | Warning::MmapElsewhere { .. }
+                | Warning::NoTidCache { .. }
+        )
     }
 }
 
@@ -68,7 +65,24 @@ impl fmt::Display for Warning {
                 "captured without {} from this environment (read once at start-up, they would hold in every run; set them with --env)",
                 names.join(", ")
             ),
-            Warning::NotHandover(text) | Warning::Capture(text) => f.write_str(text),
+            Warning::NotHandover { returned, entry } => write!(
+                f,
+                "ld.so returned {returned:#x} from _dl_start, not the program entry {entry:#x}: \
+                 this is not glibc's handover; capturing at the program entry instead \
+                 (initializers ran at capture and do not run again)"
+            ),
+            Warning::MmapElsewhere { len, got, hint } => write!(
+                f,
+                "mmap placed {len:#x} bytes at {got:#x}, not at {hint:#x}"
+            ),
+            Warning::NoTidCache {
+                tid,
+                thread_pointer,
+            } => write!(
+                f,
+                "no copy of the thread ID {tid} near the thread pointer {thread_pointer:#x}: \
+                 the packed program's glibc will not know its own thread ID"
+            ),
             Warning::UnknownLoader(interp) => write!(
                 f,
                 "{} is not glibc 2.36's ld.so: if the packed file is made setuid, it removes glibc 2.36's list of unsecure variables, not this loader's",
@@ -98,14 +112,26 @@ mod tests {
     use super::Warning;
 
     #[test]
-    fn capture_remarks_are_sorted_by_kind() {
-        let handover = "ld.so returned 0x1 from _dl_start, not the program entry 0x2: this is not glibc's handover; capturing at the program entry instead (initializers ran at capture and do not run again)";
-        let w = Warning::from_capture(handover.into());
-        assert_eq!(w, Warning::NotHandover(handover.into()));
+    fn capture_remarks() {
+        let w = Warning::NotHandover {
+            returned: 1,
+            entry: 2,
+        };
         assert!(w.is_warning() && w.is_capture());
-        assert_eq!(w.to_string(), handover);
-        let w = Warning::from_capture("mmap placed 0x1000 bytes at 0x2000, not at 0x3000".into());
-        assert!(matches!(w, Warning::Capture(_)) && !w.is_warning() && w.is_capture());
+        assert_eq!(
+            w.to_string(),
+            "ld.so returned 0x1 from _dl_start, not the program entry 0x2: this is not glibc's handover; capturing at the program entry instead (initializers ran at capture and do not run again)"
+        );
+        let w = Warning::MmapElsewhere {
+            len: 0x1000,
+            got: 0x2000,
+            hint: 0x3000,
+        };
+        assert!(!w.is_warning() && w.is_capture());
+        assert_eq!(
+            w.to_string(),
+            "mmap placed 0x1000 bytes at 0x2000, not at 0x3000"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use crate::analysis::Analysed;
 use crate::arch::ElfSizes;
 use crate::descriptor::{self, Encoded, Target};
-use crate::error::{other, Result};
+use crate::error::{other, unpackable, Error, Result};
 use crate::image::{Image, PROT_EXEC, PROT_READ, PROT_WRITE};
 use crate::layout::{self, align_up, Kind, Layout, PAGE};
 use crate::symbols::ImageSymbol;
@@ -151,8 +151,7 @@ fn all_segments<'a>(image: &'a Image, lay: &'a Layout, desc: Encoded) -> Result<
 }
 
 fn write_at(file: &std::fs::File, bytes: &[u8], at: u64) -> Result<()> {
-    file.write_all_at(bytes, at)
-        .map_err(|e| other!("writing the output: {e}"))
+    file.write_all_at(bytes, at).map_err(Error::Write)
 }
 
 /// Writes each segment's bytes from file offset `start` on, at an offset congruent to its
@@ -229,7 +228,7 @@ pub fn write(
     // Program headers: the segments' and PT_GNU_STACK's room.
     let phnum = all.len() as u64 + 1;
     if phnum * sizes.phdr > MAX_PHDR_BYTES {
-        return Err(other!(
+        return Err(unpackable!(
             "the image needs {phnum} segments, more than the kernel accepts"
         ));
     }
@@ -438,7 +437,7 @@ fn append_sections(
     let shstr = std::mem::take(&mut tail.shstr);
     tail.append_named(sh_name, SHT_STRTAB, &shstr);
     if tail.shdrs.len() >= 0xff00 {
-        return Err(other!("too many sections ({})", tail.shdrs.len()));
+        return Err(unpackable!("too many sections ({})", tail.shdrs.len()));
     }
     let shoff = tail.aligned8();
     let n = tail.shdrs.len();

@@ -7,6 +7,7 @@ use super::tracee::{Regs, Stop, Tracee};
 use crate::arch::ArchSpec;
 use crate::error::{capture_err, Result};
 use crate::program::Program;
+use crate::warning::Warning;
 use elfpack_stub::abi;
 use nix::sys::signal::Signal;
 
@@ -93,7 +94,7 @@ pub struct Loader<'a> {
     pub at_entry: u64,
     /// Capture at the program entry rather than at `_dl_start_user`.
     pub at_entry_mode: bool,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
     /// The time-stamp counter this capture's `rdtsc` reads.
     pub clock: TimeStamps,
 }
@@ -243,11 +244,10 @@ impl Loader<'_> {
             return Ok(Some((abi::RESUME_DL_START_USER, 0)));
         }
         if ret != at_entry {
-            self.warnings.push(format!(
-                "ld.so returned {ret:#x} from _dl_start, not the program entry {at_entry:#x}: \
-                 this is not glibc's handover; capturing at the program entry instead \
-                 (initializers ran at capture and do not run again)"
-            ));
+            self.warnings.push(Warning::NotHandover {
+                returned: ret,
+                entry: at_entry,
+            });
         }
         *entry_stop = Some(Breakpoint::set(self.mem, at_entry)?);
         Ok(None)

@@ -57,7 +57,7 @@ pub struct Options {
 pub struct Snapshot {
     pub image: Image,
     pub stack: StackInfo,
-    pub warnings: Vec<String>,
+    pub warnings: Vec<crate::warning::Warning>,
 }
 
 pub fn capture(prog: &Program, opts: &Options) -> Result<Snapshot> {

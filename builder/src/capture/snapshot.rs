@@ -11,6 +11,7 @@ use crate::error::{capture_err, unpackable, Result};
 use crate::files::Bytes;
 use crate::image::{self, Image, Object, Region};
 use crate::program::Program;
+use crate::warning::Warning;
 use elfpack_stub::abi;
 use goblin::elf::program_header::{PF_R, PF_W, PF_X};
 use std::collections::HashMap;
@@ -32,7 +33,7 @@ pub struct Parts<'a> {
 }
 
 /// Reads the stopped tracee into an image; adds warnings to `warnings`.
-pub fn take(p: Parts, regs: &Regs, warnings: &mut Vec<String>) -> Result<Image> {
+pub fn take(p: Parts, regs: &Regs, warnings: &mut Vec<Warning>) -> Result<Image> {
     let maps = procfs::maps(p.pid)?;
     // The initial stack: the mapping that holds the stack pointer and the anonymous ones
     // right next to it. When ld.so makes the stack executable (glibc `elf/dl-execstack.c`,
@@ -226,17 +227,14 @@ fn thread_pointer(spec: &ArchSpec, rec: &Recorded, regs: &Regs) -> Result<abi::T
 }
 
 /// Records where glibc caches the thread ID; a warning when nothing does.
-fn tid_cache(mem: &Memory, rec: &mut Recorded, tls: &abi::Tls) -> Result<Option<String>> {
+fn tid_cache(mem: &Memory, rec: &mut Recorded, tls: &abi::Tls) -> Result<Option<Warning>> {
     let Some(tid) = rec.tid else {
         return Ok(None);
     };
     rec.regs.tid_cache = find_tid_cache(mem, tls.base, rec.regs.tid_address, tid)?;
-    Ok((rec.regs.tid_cache == 0).then(|| {
-        format!(
-            "no copy of the thread ID {tid} near the thread pointer {:#x}: the packed \
-             program's glibc will not know its own thread ID",
-            tls.base
-        )
+    Ok((rec.regs.tid_cache == 0).then_some(Warning::NoTidCache {
+        tid,
+        thread_pointer: tls.base,
     }))
 }
 

@@ -9,6 +9,7 @@ use super::tracee::{Regs, Tracee};
 use crate::arch::{ArchSpec, Steer};
 use crate::error::{capture_err, unpackable, Result};
 use crate::image::PROT_EXEC;
+use crate::warning::Warning;
 use nix::libc;
 use std::ffi::OsStr;
 
@@ -341,7 +342,7 @@ impl Steering {
 
     /// At a system-call exit: moves the cursor past a steered mmap's result; a warning
     /// when the kernel did not take the hint.
-    pub fn after_mmap(&mut self, spec: &ArchSpec, r: &Regs) -> Option<String> {
+    pub fn after_mmap(&mut self, spec: &ArchSpec, r: &Regs) -> Option<Warning> {
         let (hint, len) = self.pending_hint.take()?;
         let got = spec.ret(r.rax);
         if got < 0 {
@@ -351,6 +352,6 @@ impl Steering {
         // The next hint is the page right after: libraries and ld.so's own mappings sit
         // back to back, so the image has few holes and few segments.
         self.cursor = self.cursor.max(align_up(got + len, PAGE));
-        (got != hint).then(|| format!("mmap placed {len:#x} bytes at {got:#x}, not at {hint:#x}"))
+        (got != hint).then_some(Warning::MmapElsewhere { len, got, hint })
     }
 }
