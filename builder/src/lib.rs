@@ -43,5 +43,8 @@ mod symbols;
 mod vdso;
 mod writer;
 
+/// The architectures elfpack packs.
+pub use program::Arch;
+
 /// At the crate root for [`output`], which defers them around its own writes too.
 use signals::DeferSignals;

@@ -16,10 +16,6 @@ pub const MAGIC: [u8; 8] = *b"ELFPACK\0";
 /// Bumped whenever a layout below changes.
 pub const FORMAT_VERSION: u32 = 4;
 
-/// `e_machine` values, used as the descriptor's `arch`.
-pub const ARCH_X86_64: u32 = 62;
-pub const ARCH_I386: u32 = 3;
-
 /// A table inside the descriptor blob.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]

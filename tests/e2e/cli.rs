@@ -86,7 +86,7 @@ fn output_is_a_static_exec_without_interpreter() {
     // Every stored page is mapped from the file at its own offset (never copied), as the
     // running program's /proc/self/maps shows.
     for arch in [Arch::X86_64, Arch::I386] {
-        let packed = packed(&fixture(&format!("fixture-{}-pie", arch.name())), &[]);
+        let packed = packed(&fixture(&format!("fixture-{}-pie", arch.tag())), &[]);
         let placed = Placed::new(&packed, Mode::Native, arch);
         let maps = placed.run(&["maps"], b"", None);
         assert_eq!(maps.code, Some(0), "{}", maps.stderr);
@@ -116,7 +116,7 @@ fn output_is_a_static_exec_without_interpreter() {
                 assert!(
                     f.len() == 6 && f[5] == file && off == file_off + (from - start),
                     "{}: segment at {:#x} (file offset {:#x}) is not mapped from the file: {line}",
-                    arch.name(),
+                    arch.tag(),
                     ph.p_vaddr,
                     ph.p_offset
                 );
@@ -126,7 +126,7 @@ fn output_is_a_static_exec_without_interpreter() {
                 covered,
                 end - start,
                 "{}: segment at {:#x} not fully mapped",
-                arch.name(),
+                arch.tag(),
                 ph.p_vaddr
             );
             checked += 1;
@@ -134,7 +134,7 @@ fn output_is_a_static_exec_without_interpreter() {
         assert!(
             checked > 5,
             "{}: only {checked} stored segments",
-            arch.name()
+            arch.tag()
         );
     }
 }
@@ -398,7 +398,7 @@ fn stop_at_entry_fallback_runs_the_program() {
     // point: forced here, since this machine's glibc always does.
     for arch in [Arch::X86_64, Arch::I386] {
         for name in ["fixture", "cxx"] {
-            let orig = fixture(&format!("{name}-{}-pie", arch.name()));
+            let orig = fixture(&format!("{name}-{}-pie", arch.tag()));
             let packed = packed(&orig, &["--stop-at-entry"]);
             let placed = Placed::new(&packed, Mode::Native, arch);
             let args: &[&str] = if name == "fixture" {
@@ -410,7 +410,7 @@ fn stop_at_entry_fallback_runs_the_program() {
             let o = run_original(&orig, placed.argv0(), args, b"", None);
             // Libraries' initializers ran at capture; the program's own constructors run
             // from its `_start` (glibc 2.34+ `__libc_start_main`), so the output is the same.
-            assert_same(&format!("{} {name} --stop-at-entry", arch.name()), &p, &o);
+            assert_same(&format!("{} {name} --stop-at-entry", arch.tag()), &p, &o);
         }
     }
 }
@@ -422,7 +422,7 @@ fn stop_at_entry_fallback_runs_the_program() {
 #[test]
 fn stop_at_entry_redirects_what_initializers_kept() {
     for arch in [Arch::X86_64, Arch::I386] {
-        let orig = fixture(&format!("fixture-{}-pie", arch.name()));
+        let orig = fixture(&format!("fixture-{}-pie", arch.tag()));
         let placed = Placed::new(&packed(&orig, &["--stop-at-entry"]), Mode::Native, arch);
         for args in [
             &["progname"][..],
@@ -435,11 +435,11 @@ fn stop_at_entry_redirects_what_initializers_kept() {
         ] {
             let p = placed.run(args, b"", None);
             let o = run_original(&orig, placed.argv0(), args, b"", None);
-            assert_same(&format!("{} --stop-at-entry {args:?}", arch.name()), &p, &o);
+            assert_same(&format!("{} --stop-at-entry {args:?}", arch.tag()), &p, &o);
             assert!(!p.stdout.contains("=no"), "{args:?}: {}", p.stdout);
         }
-        let libdir = fixture(&format!("lib-{}", arch.name()));
-        let prog = fixture(&format!("needlib-{}", arch.name()));
+        let libdir = fixture(&format!("lib-{}", arch.tag()));
+        let prog = fixture(&format!("needlib-{}", arch.tag()));
         let lib_env = format!("--env=LD_LIBRARY_PATH={}", libdir.display());
         let packed = packed(
             &prog,
@@ -457,7 +457,7 @@ fn stop_at_entry_redirects_what_initializers_kept() {
             .envs(test_env())
             .env("LD_LIBRARY_PATH", &libdir);
         let o = run_cmd(o, b"");
-        assert_same(&format!("{} needlib --stop-at-entry", arch.name()), &p, &o);
+        assert_same(&format!("{} needlib --stop-at-entry", arch.tag()), &p, &o);
         assert!(
             p.stdout
                 .contains("cached ELFPACK_TEST_VAR=value with spaces")

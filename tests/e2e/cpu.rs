@@ -46,7 +46,7 @@ fn native_and_baseline_pick_different_implementations() {
 fn default_pack_runs_on_older_qemu_cpu_models() {
     let qemu = require("qemu-x86_64");
     for arch in [Arch::X86_64, Arch::I386] {
-        let orig = fixture(&format!("fixture-{}-pie", arch.name()));
+        let orig = fixture(&format!("fixture-{}-pie", arch.tag()));
         let packed = packed(&orig, &[]);
         for model in ["Nehalem", "qemu64", "core2duo"] {
             let qemu = if arch == Arch::I386 {
@@ -66,7 +66,7 @@ fn default_pack_runs_on_older_qemu_cpu_models() {
             cmd.env_clear().envs(test_env());
             let p = without_qemu_warnings(run_cmd(cmd, b""));
             let o = run_original(&orig, "./prog", &["args", "7", "x"], b"", None);
-            assert_same(&format!("{} under qemu -cpu {model}", arch.name()), &p, &o);
+            assert_same(&format!("{} under qemu -cpu {model}", arch.tag()), &p, &o);
         }
     }
 }
@@ -151,7 +151,7 @@ fn selected_implementations_above_the_level_are_refused() {
         "this test needs a CPU with SSE4.2"
     );
     for arch in [Arch::X86_64, Arch::I386] {
-        let prog = fixture(&format!("ifunc-clone-{}", arch.name()));
+        let prog = fixture(&format!("ifunc-clone-{}", arch.tag()));
         let d = scratch();
         let out = d.path().join("o");
         let r = Command::new(elfpack())
@@ -160,12 +160,12 @@ fn selected_implementations_above_the_level_are_refused() {
             .arg(&prog)
             .output_t();
         let err = String::from_utf8_lossy(&r.stderr);
-        assert_eq!(r.status.code(), Some(3), "{}: {err}", arch.name());
+        assert_eq!(r.status.code(), Some(3), "{}: {err}", arch.tag());
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(
             err.contains("checksum") && err.contains("crc_sse42") && err.contains("SSE4_2"),
             "{}: {err}",
-            arch.name()
+            arch.tag()
         );
         assert!(!out.exists(), "a refused pack left {}", out.display());
 
@@ -173,7 +173,7 @@ fn selected_implementations_above_the_level_are_refused() {
         let placed = Placed::new(&packed, Mode::Native, arch);
         let p = placed.run(&["some text"], b"", None);
         let o = run_original(&prog, placed.argv0(), &["some text"], b"", None);
-        assert_same(&format!("{} ifunc-clone at x86-64-v2", arch.name()), &p, &o);
+        assert_same(&format!("{} ifunc-clone at x86-64-v2", arch.tag()), &p, &o);
     }
 }
 

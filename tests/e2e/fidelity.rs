@@ -34,7 +34,7 @@ fn assert_fresh_canary(what: &str, r: &Run, word: usize) {
 #[test]
 fn program_without_gnu_stack() {
     for arch in [Arch::X86_64, Arch::I386] {
-        let orig = fixture(&format!("fixture-{}-nostack", arch.name()));
+        let orig = fixture(&format!("fixture-{}-nostack", arch.tag()));
         let packed = packed(&orig, &[]);
         for mode in [Mode::Native, Mode::NoAslr, Mode::Qemu] {
             let placed = Placed::new(&packed, mode, arch);
@@ -54,7 +54,7 @@ fn program_without_gnu_stack() {
             for args in cases {
                 let p = placed.run(args, b"", None);
                 let o = run_original(&orig, placed.argv0(), args, b"", None);
-                let what = format!("{} no PT_GNU_STACK {mode:?} {args:?}", arch.name());
+                let what = format!("{} no PT_GNU_STACK {mode:?} {args:?}", arch.tag());
                 assert_same(&what, &p, &o);
                 if args[0] != "personality" {
                     assert!(!p.stdout.contains("=no"), "{what}: {}", p.stdout);
@@ -62,7 +62,7 @@ fn program_without_gnu_stack() {
             }
             let word = if arch == Arch::X86_64 { 8 } else { 4 };
             let c = placed.run(&["canary"], b"", None);
-            assert_fresh_canary(&format!("{} {mode:?}", arch.name()), &c, word);
+            assert_fresh_canary(&format!("{} {mode:?}", arch.tag()), &c, word);
         }
         if arch == Arch::I386 {
             let p = Placed::new(&packed, Mode::Native, arch).run(&["personality"], b"", None);
@@ -81,7 +81,7 @@ fn program_without_gnu_stack() {
 #[test]
 fn values_copied_from_the_auxv_are_this_runs() {
     for arch in [Arch::X86_64, Arch::I386] {
-        let orig = fixture(&format!("fixture-{}-pie", arch.name()));
+        let orig = fixture(&format!("fixture-{}-pie", arch.tag()));
         let packed = packed(&orig, &[]);
         for mode in [Mode::Native, Mode::Qemu] {
             let placed = Placed::new(&packed, mode, arch);
@@ -97,7 +97,7 @@ fn values_copied_from_the_auxv_are_this_runs() {
             } else {
                 run_original(&orig, placed.argv0(), &["sysconf"], b"", None)
             };
-            assert_same(&format!("{} {mode:?} sysconf", arch.name()), &p, &o);
+            assert_same(&format!("{} {mode:?} sysconf", arch.tag()), &p, &o);
             assert!(p.stdout.starts_with("MINSIGSTKSZ="), "{}", p.stdout);
         }
     }
@@ -110,13 +110,13 @@ fn values_copied_from_the_auxv_are_this_runs() {
 fn large_bss_stays_zero() {
     for arch in [Arch::X86_64, Arch::I386] {
         for mb in [523, 1536] {
-            let orig = fixture(&format!("bigbss-{}-{mb}", arch.name()));
+            let orig = fixture(&format!("bigbss-{}-{mb}", arch.tag()));
             let packed = packed(&orig, &[]);
             for mode in [Mode::Native, Mode::Qemu] {
                 let placed = Placed::new(&packed, mode, arch);
                 let p = placed.run(&["x"], b"", None);
                 let o = run_original(&orig, placed.argv0(), &["x"], b"", None);
-                let what = format!("{} {mb} MiB bss {mode:?}", arch.name());
+                let what = format!("{} {mb} MiB bss {mode:?}", arch.tag());
                 assert_same(&what, &p, &o);
                 assert!(
                     p.stdout.contains("nonzero=0 malloc=ok"),
@@ -157,7 +157,7 @@ fn inspect_json(packed: &std::path::Path) -> serde_json::Value {
 fn malloc_tunables_of_the_packing_shell_are_not_baked_in() {
     let perturb: &std::ffi::OsStr = "165".as_ref();
     for arch in [Arch::X86_64, Arch::I386] {
-        let orig = fixture(&format!("fixture-{}-pie", arch.name()));
+        let orig = fixture(&format!("fixture-{}-pie", arch.tag()));
         let d = scratch();
         let (plain, asked) = (d.path().join("plain"), d.path().join("asked"));
         let r = elfpack_with(
@@ -204,7 +204,7 @@ fn malloc_tunables_of_the_packing_shell_are_not_baked_in() {
         for (file, want, what) in [(&plain, &without, "plain"), (&asked, &with, "--env")] {
             for mode in [Mode::Native, Mode::Qemu] {
                 let p = Placed::new(file, mode, arch).run(&["perturb"], b"", None);
-                assert_same(&format!("{} {what} {mode:?}", arch.name()), &p, want);
+                assert_same(&format!("{} {what} {mode:?}", arch.tag()), &p, want);
             }
         }
         // At run time the variable is not read again (as the README says).
@@ -243,7 +243,7 @@ fn malloc_tunables_of_the_packing_shell_are_not_baked_in() {
 #[test]
 fn include_picks_the_programs_class_and_machine() {
     for (arch, class, machine) in [(Arch::X86_64, 2u8, 62u16), (Arch::I386, 1, 3)] {
-        let orig = fixture(&format!("dlopen-arg-{}", arch.name()));
+        let orig = fixture(&format!("dlopen-arg-{}", arch.tag()));
         let d = scratch();
         // /libx32 first: its libm is EM_X86_64 but 32-bit.
         for (i, lib_path) in ["", "/libx32:/usr/libx32"].into_iter().enumerate() {
@@ -264,7 +264,7 @@ fn include_picks_the_programs_class_and_machine() {
                 ],
                 &env,
             );
-            let what = format!("{} LD_LIBRARY_PATH={lib_path}", arch.name());
+            let what = format!("{} LD_LIBRARY_PATH={lib_path}", arch.tag());
             assert_eq!(r.code, Some(0), "{what}: {}", r.stderr);
             let doc = inspect_json(&out);
             let libm = doc["libraries"]
@@ -325,8 +325,8 @@ fn include_by_a_name_that_is_not_the_soname_serves_dlopen_by_name() {
         (Arch::X86_64, "versioned"),
         (Arch::I386, "versioned"),
     ] {
-        let orig = fixture(&format!("dlopen-arg-{}", arch.name()));
-        let libdir = fixture(&format!("lib-{}-{kind}", arch.name()));
+        let orig = fixture(&format!("dlopen-arg-{}", arch.tag()));
+        let libdir = fixture(&format!("lib-{}-{kind}", arch.tag()));
         let d = scratch();
         let out = d.path().join("packed");
         let r = elfpack_with(
@@ -351,7 +351,7 @@ fn include_by_a_name_that_is_not_the_soname_serves_dlopen_by_name() {
         let original = run_cmd(cmd, b"");
         assert_eq!(original.stdout, "needed_value=1234\n");
         let p = Placed::new(&out, Mode::Chroot, arch).run(&args, b"", None);
-        assert_same(&format!("{} {kind}", arch.name()), &p, &original);
+        assert_same(&format!("{} {kind}", arch.tag()), &p, &original);
     }
 }
 

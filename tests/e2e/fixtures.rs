@@ -96,13 +96,13 @@ fn expected_lines(case: &str, mode: Mode) -> &'static [&'static str] {
 }
 
 fn check_c(arch: Arch, pie: &str, mode: Mode) {
-    let orig = fixture(&format!("fixture-{}-{pie}", arch.name()));
+    let orig = fixture(&format!("fixture-{}-{pie}", arch.tag()));
     let packed = packed(&orig, &[]);
     let placed = Placed::new(&packed, mode, arch);
     for (name, packed_args, orig_args, stdin) in c_cases(&placed) {
         let p = placed.run(&packed_args, stdin, None);
         let o = run_original(&orig, placed.argv0(), &orig_args, stdin, None);
-        let what = format!("{} {pie} {mode:?} case {name}", arch.name());
+        let what = format!("{} {pie} {mode:?} case {name}", arch.tag());
         assert_same(&what, &p, &o);
         for line in expected_lines(name, mode) {
             assert!(
@@ -142,7 +142,7 @@ fn check_c(arch: Arch, pie: &str, mode: Mode) {
             let p = placed.run(&[case], b"", None);
             let o = run_original(&orig, placed.argv0(), &[case], b"", None);
             assert_same(
-                &format!("{} {pie} {mode:?} case {case}", arch.name()),
+                &format!("{} {pie} {mode:?} case {case}", arch.tag()),
                 &p,
                 &o,
             );
@@ -200,13 +200,13 @@ fn check_c(arch: Arch, pie: &str, mode: Mode) {
 }
 
 fn check_cxx(arch: Arch, pie: &str, mode: Mode) {
-    let orig = fixture(&format!("cxx-{}-{pie}", arch.name()));
+    let orig = fixture(&format!("cxx-{}-{pie}", arch.tag()));
     let packed = packed(&orig, &[]);
     let placed = Placed::new(&packed, mode, arch);
     let args = ["first", "second"];
     let p = placed.run(&args, b"", None);
     let o = run_original(&orig, placed.argv0(), &args, b"", None);
-    assert_same(&format!("C++ {} {pie} {mode:?}", arch.name()), &p, &o);
+    assert_same(&format!("C++ {} {pie} {mode:?}", arch.tag()), &p, &o);
     assert!(
         p.stdout.starts_with("static constructor ran\n"),
         "{}",
@@ -269,24 +269,24 @@ matrix! {
 fn platform_token_expands_in_dlopen() {
     for arch in [Arch::X86_64, Arch::I386] {
         let d = scratch();
-        let lib = fixture(&format!("lib-{}", arch.name())).join("libneeded.so");
+        let lib = fixture(&format!("lib-{}", arch.tag())).join("libneeded.so");
         for platform in ["x86_64", "i686", "i386"] {
             std::fs::create_dir(d.path().join(platform)).unwrap();
             std::fs::copy(&lib, d.path().join(platform).join("libneeded.so")).unwrap();
         }
         let dir = d.path().display().to_string();
-        let orig = fixture(&format!("fixture-{}-pie", arch.name()));
+        let orig = fixture(&format!("fixture-{}-pie", arch.tag()));
         let placed = Placed::new(&packed(&orig, &[]), Mode::Native, arch);
         let p = placed.run(&["platform", &dir], b"", None);
         let o = run_original(&orig, placed.argv0(), &["platform", &dir], b"", None);
-        assert_same(&format!("{} $PLATFORM", arch.name()), &p, &o);
-        assert_eq!(p.stdout, "dlopen $PLATFORM: loaded\n", "{}", arch.name());
+        assert_same(&format!("{} $PLATFORM", arch.tag()), &p, &o);
+        assert_eq!(p.stdout, "dlopen $PLATFORM: loaded\n", "{}", arch.tag());
     }
 }
 
 /// 200 consecutive runs of one packed fixture under ASLR all behave like the original.
 fn stress(arch: Arch) {
-    let orig = fixture(&format!("fixture-{}-pie", arch.name()));
+    let orig = fixture(&format!("fixture-{}-pie", arch.tag()));
     let placed = Placed::new(&packed(&orig, &[]), Mode::Native, arch);
     let expected = run_original(&orig, placed.argv0(), &["args", "3", "x"], b"", None);
     for i in 0..200 {

@@ -16,7 +16,7 @@
 //! fails or the harness kills the command. The test's files in the root are in a
 //! directory under the root's /tmp that is removed when the test ends.
 use elfpack_tests::{
-    cache_dir, require, run_cmd_within, scratch, test_env, without_qemu_warnings, Arch, Mode,
+    bench, require, run_cmd_within, scratch, test_env, without_qemu_warnings, Arch, ArchTest, Mode,
     Placed, Run, ALL_MODES, PLACED_NAME,
 };
 use std::ffi::OsStr;
@@ -27,22 +27,6 @@ use std::time::Duration;
 
 /// Deadline of one command (a pack runs the program twice under ptrace; qemu is slow).
 const LIMIT: Duration = Duration::from_secs(300);
-
-/// The static elfpack: `ELFPACK_STATIC_BIN`, else the musl build in this workspace.
-fn static_elfpack() -> PathBuf {
-    let p = std::env::var_os("ELFPACK_STATIC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/x86_64-unknown-linux-musl/release/elfpack")
-        });
-    assert!(
-        p.is_file(),
-        "static elfpack {} missing (cargo build --release --target x86_64-unknown-linux-musl -p elfpack, or set ELFPACK_STATIC_BIN)",
-        p.display()
-    );
-    p
-}
 
 fn run(cmd: Command, stdin: &[u8]) -> Run {
     run_cmd_within(cmd, stdin, LIMIT)
@@ -58,19 +42,9 @@ struct Root {
 
 impl Root {
     fn new(name: &'static str) -> Root {
-        let dir = cache_dir().join("roots").join(name);
-        assert!(
-            dir.join(".complete").exists(),
-            "Debian root {} missing (tests/setup --tests makes it)",
-            dir.display()
-        );
-        let work = tempfile::Builder::new()
-            .prefix("elfpack-glibc-")
-            .tempdir_in(dir.join("tmp"))
-            .unwrap();
-        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (dir, work) = bench::root_work_dir(name, "elfpack-glibc-");
         let root = Root { name, dir, work };
-        std::fs::copy(static_elfpack(), root.host("elfpack")).unwrap();
+        std::fs::copy(bench::static_elfpack(), root.host("elfpack")).unwrap();
         std::fs::set_permissions(root.host("elfpack"), std::fs::Permissions::from_mode(0o755))
             .unwrap();
         root

@@ -13,7 +13,7 @@
 //! `${XDG_CACHE_HOME:-$HOME/.cache}/elfpack-tests/`; a missing one fails these tests.
 use elfpack_tests::{
     cache_dir, elfpack, fixture, output_within, pack_to, require, run_cmd_within, scratch,
-    test_env, Arch, Run,
+    test_env, Arch, ArchTest, Run,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -161,13 +161,13 @@ fn suite() -> &'static Suite {
         };
         for arch in [Arch::X86_64, Arch::I386] {
             for pie in ["pie", "nopie"] {
-                let name = format!("fixture-{}-{pie}", arch.name());
+                let name = format!("fixture-{}-{pie}", arch.tag());
                 let orig = fixture(&name);
                 pack(&orig, &files.join(&name), &[]);
                 for (args, stdin) in c_cases() {
                     add(&name, &orig, args, stdin, false);
                 }
-                let name = format!("cxx-{}-{pie}", arch.name());
+                let name = format!("cxx-{}-{pie}", arch.tag());
                 let orig = fixture(&name);
                 pack(&orig, &files.join(&name), &[]);
                 add(&name, &orig, s(&["one", "two"]), b"", false);
@@ -399,7 +399,7 @@ fn debian_12_kernel_6_1_runs_packed_programs() {
 #[test]
 fn a_kernel_older_than_the_minimum_gets_one_line_and_127() {
     for arch in [Arch::X86_64, Arch::I386] {
-        let orig = fixture(&format!("fixture-{}-pie", arch.name()));
+        let orig = fixture(&format!("fixture-{}-pie", arch.tag()));
         let dir = scratch();
         let packed = dir.path().join("packed");
         pack(&orig, &packed, &[]);
@@ -450,7 +450,7 @@ fn refused_rseq_reads_as_not_registered() {
     // as glibc leaves them, so sched_getcpu() asks the kernel.
     for arch in [Arch::X86_64, Arch::I386] {
         for pie in ["pie", "nopie"] {
-            let orig = fixture(&format!("fixture-{}-{pie}", arch.name()));
+            let orig = fixture(&format!("fixture-{}-{pie}", arch.tag()));
             let dir = scratch();
             let packed = dir.path().join("packed");
             pack(&orig, &packed, &[]);
@@ -471,7 +471,7 @@ fn refused_rseq_reads_as_not_registered() {
                     (p.code, &p.stdout),
                     (o.code, &o.stdout),
                     "{} {pie} {case} under qemu: packed {:?}, original {:?}",
-                    arch.name(),
+                    arch.tag(),
                     p.stderr,
                     o.stderr
                 );

@@ -5,7 +5,7 @@
 //! Every child process runs under the harness's deadline: a hung child is a failed test with
 //! its output.
 use elfpack_tests::{
-    assert_same_stdout, pack_to, require, run_cmd_within, scratch, test_env, Arch, Run,
+    assert_same_stdout, pack_to, require, run_cmd_within, scratch, test_env, Arch, ArchTest, Run,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,7 +142,7 @@ fn check_many_libraries(arch: Arch) {
     assert!(
         count <= MAX_PHDRS,
         "{}: {count} program headers, more than {MAX_PHDRS}",
-        arch.name()
+        arch.tag()
     );
     for args in [&[][..], &["two", "arguments"][..]] {
         let original = run_prog(&prog, args, &env);
@@ -152,10 +152,10 @@ fn check_many_libraries(arch: Arch) {
         );
         // The packed program needs no library: run it without LD_LIBRARY_PATH.
         let p = run_prog(&packed, args, &[]);
-        assert_same_stdout(&format!("{} {args:?}", arch.name()), &p, &original);
+        assert_same_stdout(&format!("{} {args:?}", arch.tag()), &p, &original);
         let q = run_prog(&require(arch.qemu()), &[packed.to_str().unwrap()], &[]);
         if args.is_empty() {
-            assert_same_stdout(&format!("{} under qemu", arch.name()), &q, &original);
+            assert_same_stdout(&format!("{} under qemu", arch.tag()), &q, &original);
         }
     }
 }
@@ -252,13 +252,13 @@ fn check_exec_stack(arch: Arch) {
         let original = run_prog(&prog, args, &env);
         assert!(original.stdout.starts_with("tramp_sum="), "{original:?}");
         let p = run_prog(&packed, args, &[]);
-        assert_same_stdout(&format!("{} {args:?}", arch.name()), &p, &original);
+        assert_same_stdout(&format!("{} {args:?}", arch.tag()), &p, &original);
     }
     // Under qemu-user too (compared with the original under qemu).
     let qemu = require(arch.qemu());
     let original = run_prog(&qemu, &[prog.to_str().unwrap()], &env);
     let q = run_prog(&qemu, &[packed.to_str().unwrap()], &[]);
-    assert_same_stdout(&format!("{} under qemu", arch.name()), &q, &original);
+    assert_same_stdout(&format!("{} under qemu", arch.tag()), &q, &original);
 }
 
 #[test]

@@ -11,8 +11,8 @@ use std::process::Command;
 #[test]
 fn unresolved_unused_symbols_stay_lazy() {
     for arch in [Arch::X86_64, Arch::I386] {
-        let orig = fixture(&format!("lazy-{}", arch.name()));
-        let plugin = fixture(&format!("lib-{}-lazy/libplug.so", arch.name()));
+        let orig = fixture(&format!("lazy-{}", arch.tag()));
+        let plugin = fixture(&format!("lib-{}-lazy/libplug.so", arch.tag()));
         let packed = packed(&orig, &[]);
         for mode in ALL_MODES {
             let placed = Placed::new(&packed, mode, arch);
@@ -24,7 +24,7 @@ fn unresolved_unused_symbols_stay_lazy() {
             let outside = placed.dir().join("libplug.so").display().to_string();
             let p = without_qemu_warnings(placed.run(&[&inside], b"", None));
             let o = run_original(&orig, placed.argv0(), &[&outside], b"", None);
-            assert_same(&format!("{} lazy {mode:?}", arch.name()), &p, &o);
+            assert_same(&format!("{} lazy {mode:?}", arch.tag()), &p, &o);
             assert_eq!(p.stdout, "linked 42\nplugin 42\n");
         }
     }
@@ -56,7 +56,7 @@ fn lazy_resolver_runs_without_xsave() {
 #[test]
 fn origin_follows_the_packed_file() {
     for arch in [Arch::X86_64, Arch::I386] {
-        let dir = fixture(&format!("origin-{}", arch.name()));
+        let dir = fixture(&format!("origin-{}", arch.tag()));
         let packed = packed(&dir.join("app"), &[]);
         for mode in [Mode::Native, Mode::NoAslr, Mode::Nobody, Mode::Qemu] {
             for with_plugin in [true, false] {
@@ -70,7 +70,7 @@ fn origin_follows_the_packed_file() {
                             .unwrap();
                     }
                 }
-                let what = format!("{} $ORIGIN {mode:?} plugin={with_plugin}", arch.name());
+                let what = format!("{} $ORIGIN {mode:?} plugin={with_plugin}", arch.tag());
                 let p = without_qemu_warnings(placed.run::<&str>(&[], b"", None));
                 let o = run_original(
                     &copy.path().join("prog"),

@@ -185,7 +185,7 @@ fn nm_addr(file: &Path, name: &str) -> Option<u64> {
 #[test]
 fn symbols_name_functions_at_their_packed_addresses() {
     for arch in [Arch::X86_64, Arch::I386] {
-        let packed = packed(&fixture(&format!("fixture-{}-pie", arch.name())), &[]);
+        let packed = packed(&fixture(&format!("fixture-{}-pie", arch.tag())), &[]);
         let placed = Placed::new(&packed, Mode::Native, arch);
         let r = placed.run(&["addrs"], b"", None);
         let parse = |key: &str| {
@@ -203,13 +203,13 @@ fn symbols_name_functions_at_their_packed_addresses() {
             nm_addr(&packed, "main"),
             Some(parse("main")),
             "{}: main",
-            arch.name()
+            arch.tag()
         );
         assert_eq!(
             nm_addr(&packed, "printf"),
             Some(parse("printf")),
             "{}: printf",
-            arch.name()
+            arch.tag()
         );
     }
 }
@@ -319,14 +319,19 @@ fn untested_glibc_is_refused_unless_asked() {
     let env = format!("LD_LIBRARY_PATH={}", d.path().display());
     let prog = fixture("fixture-x86_64-pie");
     let out = d.path().join("packed");
-    let (code, _, err) = elfpack_out(&[
-        "build",
-        prog.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--env",
-        &env,
-    ]);
+    let pack = |extra: &[&str]| {
+        let mut args = vec![
+            "build",
+            prog.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--env",
+            &env,
+        ];
+        args.extend_from_slice(extra);
+        elfpack_out(&args)
+    };
+    let (code, _, err) = pack(&[]);
     assert_eq!(code, Some(3), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
@@ -336,15 +341,7 @@ fn untested_glibc_is_refused_unless_asked() {
         "{err}"
     );
     assert!(!out.exists());
-    let (code, _, err) = elfpack_out(&[
-        "build",
-        prog.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--env",
-        &env,
-        "--untested-glibc",
-    ]);
+    let (code, _, err) = pack(&["--untested-glibc"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("warning: glibc 2.99 is outside"), "{err}");
     let r = Command::new(&out).arg("true").output_t();

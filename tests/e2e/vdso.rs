@@ -189,7 +189,7 @@ fn vdso_syscalls(prog: &std::path::Path, args: &[&str]) -> usize {
 #[test]
 fn vdso_functions_make_no_system_calls() {
     for arch in [Arch::X86_64, Arch::I386] {
-        let orig = fixture(&format!("fixture-{}-pie", arch.name()));
+        let orig = fixture(&format!("fixture-{}-pie", arch.tag()));
         let packed = packed(&orig, &[]);
         for case in [&["clock"][..], &["getcpu"], &["vdsoloop", "1000"]] {
             let o = vdso_syscalls(&orig, case);
@@ -198,10 +198,10 @@ fn vdso_functions_make_no_system_calls() {
                 p,
                 o,
                 "{} {case:?}: system calls that the vDSO should have answered (packed, original)",
-                arch.name()
+                arch.tag()
             );
             if case[0] == "vdsoloop" {
-                assert_eq!(p, 0, "{}: clock_gettime took the system call", arch.name());
+                assert_eq!(p, 0, "{}: clock_gettime took the system call", arch.tag());
             }
         }
     }

@@ -276,9 +276,26 @@ int main(int argc, char **argv) {
 /// Deadline of one command in a root (a pack runs the program twice under ptrace).
 const ROOT_LIMIT: Duration = Duration::from_secs(300);
 
+/// A cached Debian root (made by `tests/setup --tests`) and a new work directory in its
+/// /tmp, named with `prefix`, that every user of the root can enter.
+pub fn root_work_dir(name: &str, prefix: &str) -> (PathBuf, tempfile::TempDir) {
+    let dir = cache_dir().join("roots").join(name);
+    assert!(
+        dir.join(".complete").exists(),
+        "Debian root {} missing (tests/setup --tests makes it)",
+        dir.display()
+    );
+    let work = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(dir.join("tmp"))
+        .unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, work)
+}
+
 /// The static elfpack (the musl build), which runs in every root: `ELFPACK_STATIC_BIN`,
 /// else the musl build in this workspace.
-fn static_elfpack() -> PathBuf {
+pub fn static_elfpack() -> PathBuf {
     let p = std::env::var_os("ELFPACK_STATIC_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -306,17 +323,7 @@ struct Place {
 
 impl Place {
     fn root(name: &str) -> Place {
-        let dir = cache_dir().join("roots").join(name);
-        assert!(
-            dir.join(".complete").exists(),
-            "Debian root {} missing (tests/setup --tests makes it)",
-            dir.display()
-        );
-        let work = tempfile::Builder::new()
-            .prefix("elfpack-bench-")
-            .tempdir_in(dir.join("tmp"))
-            .unwrap();
-        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (dir, work) = root_work_dir(name, "elfpack-bench-");
         let place = Place {
             name: name.to_string(),
             root: Some(dir),

@@ -21,30 +21,33 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::Duration;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Arch {
-    X86_64,
-    I386,
+/// The architectures, as elfpack knows them.
+pub use elfpack::Arch;
+
+/// What the tests need to know of an architecture besides what elfpack knows: the name
+/// of its fixtures (`fixture-x86_64-pie`), which is also its `setarch` and `uname -m` name,
+/// and its qemu-user binary.
+pub trait ArchTest {
+    fn tag(self) -> &'static str;
+    fn qemu(self) -> &'static str;
+    fn setarch(self) -> &'static str;
 }
 
-impl Arch {
-    pub fn name(self) -> &'static str {
+impl ArchTest for Arch {
+    fn tag(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86_64",
             Arch::I386 => "i386",
         }
     }
-    pub fn qemu(self) -> &'static str {
+    fn qemu(self) -> &'static str {
         match self {
             Arch::X86_64 => "qemu-x86_64",
             Arch::I386 => "qemu-i386",
         }
     }
-    pub fn setarch(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::I386 => "i386",
-        }
+    fn setarch(self) -> &'static str {
+        self.tag()
     }
 }
 
