@@ -307,24 +307,41 @@ fn main() {
             &out.join(format!("static-{arch}")),
         );
     }
-    // An AddressSanitizer build, when gcc's libasan is installed (libasan8).
-    let asan = out.join("asan-x86_64");
-    let _ = std::fs::remove_file(&asan);
-    let probe = cc::Build::new()
-        .cargo_metadata(false)
-        .get_compiler()
-        .to_command()
-        .args(["-fsanitize=address", "-print-file-name=libasan.so"])
-        .output();
-    if probe.is_ok_and(|o| Path::new(String::from_utf8_lossy(&o.stdout).trim()).is_absolute()) {
-        compile(
-            false,
-            false,
-            &["-fsanitize=address", "-fPIE", "-pie"],
-            &[&dir.join("asan.c")],
-            &[],
-            &asan,
-        );
+    // AddressSanitizer and ThreadSanitizer builds (gcc's libasan8 and libtsan2; tests/setup
+    // installs them). Without the runtime the fixture is missing and its tests fail.
+    for (name, flag, lib) in [
+        ("asan", "-fsanitize=address", "libasan.so"),
+        ("tsan", "-fsanitize=thread", "libtsan.so"),
+    ] {
+        let exe = out.join(format!("{name}-x86_64"));
+        let _ = std::fs::remove_file(&exe);
+        let probe = cc::Build::new()
+            .cargo_metadata(false)
+            .get_compiler()
+            .to_command()
+            .args([flag, &format!("-print-file-name={lib}")])
+            .output();
+        if probe.is_ok_and(|o| Path::new(String::from_utf8_lossy(&o.stdout).trim()).is_absolute()) {
+            compile(
+                false,
+                false,
+                &[flag, "-fPIE", "-pie", "-pthread"],
+                &[&dir.join(format!("{name}.c"))],
+                &[],
+                &exe,
+            );
+            if name == "asan" {
+                // Not position-independent: elfpack has no place for it.
+                compile(
+                    false,
+                    false,
+                    &[flag, "-fno-PIE", "-no-pie"],
+                    &[&dir.join("asan.c")],
+                    &[],
+                    &out.join("asan-x86_64-nopie"),
+                );
+            }
+        }
     }
     println!("cargo:rustc-env=FIXTURES_DIR={}", out.display());
 }

@@ -53,6 +53,13 @@ pub struct Steer {
     /// map the image at its fixed addresses reliably; low addresses are free in every
     /// process.
     pub pie_base: Option<u64>,
+    /// Where a sanitizer build (a PIE program) goes instead, if the architecture has such
+    /// a place; the libraries follow above it. x86-64: 0x7e8000000000, above
+    /// AddressSanitizer's shadow (which ends at 0x10007fff8000) and clear of its allocator
+    /// (0x600000000000-0x640000000000), inside ThreadSanitizer's high application range
+    /// (0x7e8000000000 up), and far below the stack (compiler-rt
+    /// `asan/asan_mapping.h`, `asan/asan_allocator.h`, `tsan/rtl/tsan_platform.h`).
+    pub sanitizer_base: Option<u64>,
 }
 
 /// Where the stub and its descriptor go relative to the image.
@@ -187,6 +194,7 @@ pub static X86_64: ArchSpec = ArchSpec {
         window_size: 200 * GIB,
         top: 1 << 47,
         pie_base: Some(0x1000_0000),
+        sanitizer_base: Some(0x7e80_0000_0000),
     },
     stub_placement: StubPlacement::Above,
     tls: TlsSource::FsBase,
@@ -248,6 +256,7 @@ pub static I386: ArchSpec = ArchSpec {
         window_size: 1536 << 20,
         top: 1 << 32,
         pie_base: None,
+        sanitizer_base: None,
     },
     stub_placement: StubPlacement::Below,
     tls: TlsSource::ThreadArea,

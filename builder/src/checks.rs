@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// After capture: every `--include` is loaded (ld.so ignores a preload it cannot use,
 /// with a message, and goes on), and one given by name is in ld.so's link map under that
-/// name or as its soname, which a later `dlopen` of the name matches; no loaded object
-/// brings a sanitizer runtime.
+/// name or as its soname, which a later `dlopen` of the name matches.
 pub fn check_loaded(image: &image::Image, includes: &[(OsString, PathBuf)]) -> Result<()> {
     let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let entries = linkmap::read_entries(image);
@@ -44,11 +43,15 @@ pub fn check_loaded(image: &image::Image, includes: &[(OsString, PathBuf)]) -> R
             )));
         }
     }
-    check_no_sanitizer(image)
+    Ok(())
 }
 
-/// No loaded object brings a sanitizer runtime.
-fn check_no_sanitizer(image: &image::Image) -> Result<()> {
+/// No loaded object brings a sanitizer runtime, unless the program is a sanitizer build
+/// (then the image sits where that runtime expects it).
+pub fn check_sanitizers(image: &image::Image, prog: &program::Program) -> Result<()> {
+    if prog.sanitizer.is_some() {
+        return Ok(());
+    }
     for o in &image.objects {
         let Ok(bytes) = files::map(&o.path) else {
             continue;

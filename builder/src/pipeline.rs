@@ -82,6 +82,12 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
     let path = program::locate(&o.program)?;
     let program = program::inspect(&path)?;
     let dir = checks::check_output(&o.output, &path)?;
+    if let (Some(name), true) = (program.sanitizer, o.stop_at_entry) {
+        return Err(crate::error::unpackable!(
+            "{}: is built with {name}, whose runtime would start at capture with --stop-at-entry; pack it without",
+            program.path.display()
+        ));
+    }
     let cpu = cpu::plan(o.cpu, program.arch)?;
     let env = env::capture_env(o, cpu.hwcaps.as_deref(), program.arch)?;
     let mut warnings = Vec::new();
@@ -213,6 +219,7 @@ fn analyse(o: &Options, p: &Prepared) -> Result<(Analysed, Vec<String>, Vec<Warn
     let (analysed, notes, capture_warnings) = loop {
         let c = capture_twice(o, p, bind_now)?;
         checks::check_loaded(&c.first.image, &p.env.includes)?;
+        checks::check_sanitizers(&c.first.image, &p.program)?;
         let glibc = checks::check_glibc(&c.first.image, o.untested_glibc)?;
         let (notes, capture_warnings) = (c.first.notes.clone(), c.first.warnings.clone());
         let analysed = analysis::combine(c.first, c.second, c.argc_probe)?;

@@ -40,6 +40,9 @@ pub struct Program {
     pub loads: Vec<(u64, u64, u64, u32)>,
     /// Whether ld.so removes in secure mode exactly what the stub removes (glibc 2.36).
     pub secure_list_known: bool,
+    /// The sanitizer the program is built with, if any: the image then goes where its
+    /// runtime expects the program (`ArchSpec`'s `sanitizer_base`).
+    pub sanitizer: Option<&'static str>,
 }
 
 /// Finds PROGRAM as a shell would: a name with a slash is a path, others are looked up in
@@ -103,8 +106,14 @@ pub fn inspect(path: &Path) -> Result<Program> {
     // The capture runs the interpreter: it must be glibc's ld.so, checked before anything
     // runs.
     let secure_list_known = crate::interp::check(&shown.to_string(), &interp, arch)?;
-    if let Some(name) = sanitizer(&elf) {
-        return Err(sanitizer_error(&shown.to_string(), name));
+    let sanitizer = sanitizer(&elf);
+    if let Some(name) = sanitizer {
+        let placeable = arch.spec().steer.sanitizer_base.is_some()
+            && elf.header.e_type == header::ET_DYN
+            && name != "HWAddressSanitizer";
+        if !placeable {
+            return Err(sanitizer_error(&shown.to_string(), name));
+        }
     }
     let stack_flags = elf
         .program_headers
@@ -125,6 +134,7 @@ pub fn inspect(path: &Path) -> Result<Program> {
         stack_flags,
         loads,
         secure_list_known,
+        sanitizer,
     })
 }
 
@@ -220,15 +230,13 @@ pub fn sanitizer(elf: &Elf) -> Option<&'static str> {
     })
 }
 
-/// The refusal of a sanitizer build (exit 3).
+/// The refusal of a sanitizer build elfpack cannot place (exit 3): only x86-64 PIE
+/// programs with AddressSanitizer, ThreadSanitizer, LeakSanitizer or
+/// UndefinedBehaviorSanitizer have a place where their runtime expects them.
 pub fn sanitizer_error(shown: &str, name: &str) -> crate::error::Error {
-    let why = match name {
-        "AddressSanitizer" | "HWAddressSanitizer" | "ThreadSanitizer" => {
-            "whose shadow memory overlaps where elfpack places the libraries"
-        }
-        _ => "whose runtime expects address ranges elfpack does not keep free",
-    };
-    unpackable!("{shown}: is built with {name}, {why}; elfpack cannot pack sanitizer builds yet")
+    unpackable!(
+        "{shown}: is built with {name}; elfpack packs sanitizer builds only as x86-64 position-independent programs with AddressSanitizer, ThreadSanitizer, LeakSanitizer or UndefinedBehaviorSanitizer"
+    )
 }
 
 /// Whether `path` carries file capabilities (the `security.capability` attribute that

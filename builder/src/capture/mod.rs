@@ -128,7 +128,7 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, opts: &Options) -> Result<S
     let spec = prog.arch.spec();
     let mut s = start(t, mem, spec.word, spec.mask)?;
     let fake_brk = if prog.pie && !opts.at_entry {
-        steer::move_program(t, mem, spec, &mut s)?
+        steer::move_program(t, mem, spec, &mut s, prog.sanitizer.is_some())?
     } else {
         None
     };

@@ -171,9 +171,9 @@ pub struct Start {
     pub exe_path: std::ffi::OsString,
 }
 
-/// Moves a position-independent program to the architecture's `pie_base` (if it has
-/// one and the program is not there yet), fixing AT_PHDR and AT_ENTRY; returns the page
-/// where its emulated break starts.
+/// Moves a position-independent program to the architecture's `pie_base`, or for a
+/// sanitizer build its `sanitizer_base` (if it has one and the program is not there
+/// yet), fixing AT_PHDR and AT_ENTRY; returns the page where its emulated break starts.
 ///
 /// Moving the program leaves the kernel's break where it was (no system call moves
 /// `start_brk` without privileges or CONFIG_CHECKPOINT_RESTORE). ld.so itself may grow
@@ -187,8 +187,14 @@ pub fn move_program(
     mem: &Memory,
     spec: &ArchSpec,
     s: &mut Start,
+    sanitizer: bool,
 ) -> Result<Option<u64>> {
-    let Some(pie_base) = spec.steer.pie_base else {
+    let base = if sanitizer {
+        spec.steer.sanitizer_base
+    } else {
+        spec.steer.pie_base
+    };
+    let Some(pie_base) = base else {
         return Ok(None);
     };
     let exe = object_mappings(&s.maps, &s.exe_path);
