@@ -184,8 +184,9 @@ fn i386_coreutils_gzip_sqlite3() {
 
 /// Java: the launcher loads libjli, then libjvm, libjava and friends with dlopen. Packed with
 /// the C++ runtime, libgcc_s and zlib included (libjvm and libzip need them), it runs a
-/// class natively and in a root that holds nothing but the packed launcher, the class and
-/// the JDK's own directory (bind-mounted read-only): no ld.so, no libc, no /proc.
+/// class natively, in a root that holds nothing but the packed launcher, the class and
+/// the JDK's own directory (bind-mounted read-only): no ld.so, no libc, no /proc; and
+/// under qemu-user.
 #[test]
 fn java_natively_and_in_an_empty_root() {
     let java = require("java");
@@ -233,6 +234,10 @@ fn java_natively_and_in_an_empty_root() {
     n.args(["-cp"]).arg(&classes).args(&args[3..]);
     let n = run_cmd(n, b"");
     assert_same("java natively", &n, &o);
+    let mut q = std::process::Command::new(require("qemu-x86_64"));
+    q.arg(&packed).args(["-cp"]).arg(&classes).args(&args[3..]);
+    let q = without_qemu_warnings(run_cmd(q, b""));
+    assert_same("java under qemu-user", &q, &o);
 
     let root = d.path().join("root");
     let inside = root.join(home.strip_prefix("/").unwrap());
