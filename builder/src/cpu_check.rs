@@ -13,7 +13,7 @@ use crate::error::{unpackable, Result};
 use crate::image::{Image, Object};
 use elfpack_stub::abi::cpu::*;
 use gimli::{BaseAddresses, EhFrame, EhFrameHdr, LittleEndian, UnwindSection};
-use goblin::elf::program_header::{PT_GNU_EH_FRAME, PT_LOAD};
+use goblin::elf::program_header::{ProgramHeader, PT_GNU_EH_FRAME, PT_LOAD};
 use goblin::elf::reloc::*;
 use goblin::elf::sym::STT_GNU_IFUNC;
 use goblin::elf::Elf;
@@ -92,11 +92,13 @@ pub fn excesses(image: &Image, allowed: u64) -> Vec<Excess> {
 /// How the lazy-binding resolver in GOT[2] is named.
 const RESOLVER: &str = "ld.so's lazy-binding resolver";
 
-/// A mapped object file and its load bias.
+/// A mapped object file, its load bias and its program headers (parsed once: a program
+/// may have hundreds of libraries, and every resolved address is looked up in all).
 struct File {
     bytes: crate::files::Bytes,
     bias: u64,
     name: String,
+    phdrs: Vec<ProgramHeader>,
 }
 
 impl File {
@@ -109,7 +111,14 @@ impl File {
             o.base
         };
         let name = o.path.file_name()?.to_string_lossy().into_owned();
-        Some(File { bytes, bias, name })
+        let phdrs = elf.program_headers.clone();
+        drop(elf);
+        Some(File {
+            bytes,
+            bias,
+            name,
+            phdrs,
+        })
     }
 
     fn elf(&self) -> Elf<'_> {
@@ -130,7 +139,7 @@ impl File {
     /// Whether `addr` (run time) is in one of this object's executable segments.
     fn executes(&self, addr: u64) -> bool {
         let a = addr.wrapping_sub(self.bias);
-        self.elf().program_headers.iter().any(|p| {
+        self.phdrs.iter().any(|p| {
             p.p_type == PT_LOAD && p.is_executable() && p.p_vaddr <= a && a < p.p_vaddr + p.p_memsz
         })
     }
@@ -223,8 +232,7 @@ impl File {
 
     /// The bytes of the file at link-time address `vaddr`, up to the end of its segment.
     fn at(&self, vaddr: u64) -> Option<&[u8]> {
-        let elf = self.elf();
-        let p = elf.program_headers.iter().find(|p| {
+        let p = self.phdrs.iter().find(|p| {
             p.p_type == PT_LOAD && p.p_vaddr <= vaddr && vaddr < p.p_vaddr + p.p_filesz
         })?;
         let start = (p.p_offset + (vaddr - p.p_vaddr)) as usize;
@@ -234,11 +242,7 @@ impl File {
 
     /// The function containing link-time `addr`: start and length from the unwind tables.
     fn function(&self, addr: u64, wide: bool) -> Option<(u64, u64)> {
-        let elf = self.elf();
-        let hdr = elf
-            .program_headers
-            .iter()
-            .find(|p| p.p_type == PT_GNU_EH_FRAME)?;
+        let hdr = self.phdrs.iter().find(|p| p.p_type == PT_GNU_EH_FRAME)?;
         let hdr_bytes = self.at(hdr.p_vaddr)?.get(..hdr.p_filesz as usize)?;
         let mut bases = BaseAddresses::default().set_eh_frame_hdr(hdr.p_vaddr);
         let size = if wide { 8 } else { 4 };
