@@ -517,3 +517,54 @@ fn debian_13_and_unstable_keep_lazy_binding() {
     binding_at_capture("trixie-amd64", false);
     binding_at_capture("sid-amd64", false);
 }
+
+/// glibc 2.31 (Debian 11, with its backported EVEX string functions) picks them by
+/// "usable" bits that its tunables cannot mask: at `--cpu x86-64-v3` on a CPU with
+/// AVX-512 its memmove and strchr are EVEX code. The verification refuses that image,
+/// naming the function and AVX512VL, rather than writing one that dies on a v3 CPU without
+/// AVX-512; at x86-64-v4 (which has AVX-512) it packs. On a CPU without AVX-512 the v3 pack
+/// is made.
+#[test]
+fn debian_11_x86_64_v3_choices_are_verified() {
+    let avx512 = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .contains(" avx512vl");
+    let root = Root::new("bullseye-amd64");
+    let elfpack = root.inside("elfpack");
+    let out = root.inside("sort.v3");
+    let r = root.run(
+        &[
+            &elfpack,
+            "build",
+            "/usr/bin/sort",
+            "-o",
+            &out,
+            "--cpu",
+            "x86-64-v3",
+        ],
+        b"",
+    );
+    if avx512 {
+        assert_eq!(r.code, Some(3), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("AVX512VL") && r.stderr.contains("above the CPU level x86-64-v3"),
+            "{}",
+            r.stderr
+        );
+        let r = root.run(
+            &[
+                &elfpack,
+                "build",
+                "/usr/bin/sort",
+                "-o",
+                &out,
+                "--cpu",
+                "x86-64-v4",
+            ],
+            b"",
+        );
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+    } else {
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+    }
+}
