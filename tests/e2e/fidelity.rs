@@ -60,7 +60,7 @@ fn program_without_gnu_stack() {
                     assert!(!p.stdout.contains("=no"), "{what}: {}", p.stdout);
                 }
             }
-            let word = if arch == Arch::X86_64 { 8 } else { 4 };
+            let word = arch.word();
             let c = placed.run(&["canary"], b"", None);
             assert_fresh_canary(&format!("{} {mode:?}", arch.tag()), &c, word);
         }

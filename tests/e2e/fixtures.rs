@@ -188,7 +188,7 @@ fn check_c(arch: Arch, pie: &str, mode: Mode) {
             panic!("{mode:?}: the canary case printed `{line}`");
         };
         assert_ne!(canary, 0, "{mode:?}: the canary is zero");
-        let word = if arch == Arch::X86_64 { 8 } else { 4 };
+        let word = arch.word();
         let mut w = [0u8; 8];
         w[..word].copy_from_slice(&bytes[..word]);
         assert_eq!(
