@@ -15,7 +15,7 @@ use elfpack_stub::abi::cpu::*;
 use gimli::{BaseAddresses, EhFrame, EhFrameHdr, LittleEndian, UnwindSection};
 use goblin::elf::program_header::{ProgramHeader, PT_GNU_EH_FRAME, PT_LOAD};
 use goblin::elf::reloc::*;
-use goblin::elf::sym::STT_GNU_IFUNC;
+use goblin::elf::sym::{Sym, STT_GNU_IFUNC};
 use goblin::elf::Elf;
 use iced_x86::{CpuidFeature as F, Decoder, DecoderOptions, FlowControl};
 use std::collections::{HashMap, HashSet};
@@ -172,7 +172,8 @@ impl File {
                         Some(u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as u64)
                     }),
                 };
-                let name = resolver.and_then(|a| self.ifunc_at(&elf, a));
+                let name =
+                    resolver.and_then(|a| self.named(&elf, a, |s| s.st_type() == STT_GNU_IFUNC));
                 let what = match name {
                     Some(n) => format!("{n} (an IFUNC in {})", self.name),
                     None => format!("an IFUNC of {}", self.name),
@@ -202,21 +203,13 @@ impl File {
         out
     }
 
-    /// The name of the symbol whose link-time value is `addr`, from `.dynsym` or `.symtab`.
-    fn symbol_at(&self, elf: &Elf, addr: u64) -> Option<String> {
+    /// The name of a symbol whose link-time value is `addr` and which `pick` accepts, from
+    /// `.dynsym` or `.symtab`.
+    fn named(&self, elf: &Elf, addr: u64, pick: impl Fn(&Sym) -> bool) -> Option<String> {
         let dyn_ = elf.dynsyms.iter().map(|s| (s, &elf.dynstrtab));
         let sym = elf.syms.iter().map(|s| (s, &elf.strtab));
         dyn_.chain(sym)
-            .find(|(s, _)| s.st_value == addr && s.st_name != 0)
-            .and_then(|(s, t)| t.get_at(s.st_name).map(str::to_owned))
-    }
-
-    /// The name of the IFUNC symbol whose resolver is at link-time `addr`.
-    fn ifunc_at(&self, elf: &Elf, addr: u64) -> Option<String> {
-        let dyn_ = elf.dynsyms.iter().map(|s| (s, &elf.dynstrtab));
-        let sym = elf.syms.iter().map(|s| (s, &elf.strtab));
-        dyn_.chain(sym)
-            .find(|(s, _)| s.st_value == addr && s.st_type() == STT_GNU_IFUNC)
+            .find(|(s, _)| s.st_value == addr && s.st_name != 0 && pick(s))
             .and_then(|(s, t)| t.get_at(s.st_name).map(str::to_owned))
     }
 
@@ -224,7 +217,7 @@ impl File {
     fn describe(&self, addr: u64) -> String {
         let link = addr.wrapping_sub(self.bias);
         let elf = self.elf();
-        match self.symbol_at(&elf, link) {
+        match self.named(&elf, link, |_| true) {
             Some(s) => format!("{s} ({}+{link:#x})", self.name),
             None => format!("{}+{link:#x}", self.name),
         }

@@ -12,10 +12,6 @@ pub struct Entry {
     pub names: Vec<String>,
 }
 
-fn word(image: &Image, addr: u64) -> Option<u64> {
-    image.word(addr)
-}
-
 fn string(image: &Image, addr: u64) -> Option<String> {
     image
         .string(addr)
@@ -33,7 +29,7 @@ pub fn main_map(image: &Image) -> Option<u64> {
         .iter()
         .find(|s| s.st_shndx != 0 && elf.dynstrtab.get_at(s.st_name) == Some("_r_debug"))?;
     let r_debug = ldso.base.checked_add(sym.st_value)?;
-    word(image, r_debug + image.arch.word() as u64)
+    image.word(r_debug + image.arch.word() as u64)
 }
 
 /// The link map of the base namespace, through ld.so's `_r_debug` (glibc `elf/link.h`:
@@ -50,20 +46,20 @@ pub fn read_entries(image: &Image) -> Option<Vec<Entry>> {
         if map == 0 {
             return Some(out);
         }
-        let path = PathBuf::from(string(image, word(image, map + w)?).unwrap_or_default());
+        let path = PathBuf::from(string(image, image.word(map + w)?).unwrap_or_default());
         let mut names = Vec::new();
-        let mut l = word(image, map + 7 * w)?;
+        let mut l = image.word(map + 7 * w)?;
         for _ in 0..64 {
             if l == 0 {
                 break;
             }
-            if let Some(n) = word(image, l).and_then(|a| string(image, a)) {
+            if let Some(n) = image.word(l).and_then(|a| string(image, a)) {
                 names.push(n);
             }
-            l = word(image, l + w)?;
+            l = image.word(l + w)?;
         }
         out.push(Entry { path, names });
-        map = word(image, map + 3 * w)?;
+        map = image.word(map + 3 * w)?;
     }
     None
 }
