@@ -143,6 +143,20 @@ fn main() {
             ],
             &out.join(format!("lazy-{arch}")),
         );
+        // Where the program, libc, TLS and the heap lie in one run (tests/e2e/aslr.rs).
+        for (pie, flags) in [
+            ("pie", ["-fPIE", "-pie"]),
+            ("nopie", ["-fno-pie", "-no-pie"]),
+        ] {
+            compile(
+                false,
+                m32,
+                &flags,
+                &[&dir.join("aslr.c")],
+                &["-ldl"],
+                &out.join(format!("aslr-{arch}-{pie}")),
+            );
+        }
         // A program with RUNPATH $ORIGIN/plugins, a plugin next to it (in the capture
         // directory) and another build of the plugin for the tests to place elsewhere.
         let origin = out.join(format!("origin-{arch}"));
