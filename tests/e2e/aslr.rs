@@ -444,3 +444,70 @@ fn non_pie_program_stays_at_its_link_address() {
         }
     }
 }
+
+/// The benchmark's readers of the stub's trace: the restore time in any of its units, and a
+/// relocation count where a line gives one (and none where no line does).
+#[test]
+fn trace_readers_take_the_stub_formats() {
+    use elfpack_tests::bench::{relocation_count, trace_restore_ns};
+    assert_eq!(
+        trace_restore_ns("elfpack: restore took 41234 ns\n"),
+        Some(41234.0)
+    );
+    assert_eq!(
+        trace_restore_ns("elfpack: restore took 41 us, 1234 relocations\n"),
+        Some(41000.0)
+    );
+    assert_eq!(trace_restore_ns("elfpack: restore took 2 ms"), Some(2e6));
+    assert_eq!(trace_restore_ns("nothing here"), None);
+    for text in [
+        "elfpack: restore took 41 us, 1234 relocations",
+        "elfpack: relocations: 1234",
+        "elfpack: relocations applied: 1234",
+        "elfpack: restore took 41 us (relocated 1234 words)",
+    ] {
+        assert_eq!(relocation_count(text), Some(1234), "{text}");
+    }
+    assert_eq!(relocation_count("elfpack: restore took 41234 ns"), None);
+}
+
+/// With `ELFPACK_TRACE=1` the stub of a default (randomised) pack reports its restore time
+/// and how many relocations it applied (at least one: the program's own pointers move with
+/// its slide), on stderr; the program still runs.
+#[test]
+fn trace_reports_the_relocations_applied() {
+    use elfpack_tests::bench::{relocation_count, trace_restore_ns};
+    for arch in [Arch::X86_64, Arch::I386] {
+        let orig = orig_pie(arch);
+        let packed = packed(&orig, &[]);
+        let placed = Placed::new(&packed, Mode::Native, arch);
+        let mut cmd = placed.command::<&str>(&[], None);
+        cmd.env("ELFPACK_TRACE", "1");
+        let r = run_cmd(cmd, b"");
+        layout(&format!("{} traced run", arch.tag()), &r);
+        let trace: String = r
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("elfpack:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(
+            trace_restore_ns(&trace).is_some(),
+            "{}: the trace gives no restore time:\n{}",
+            arch.tag(),
+            r.stderr
+        );
+        let n = relocation_count(&trace).unwrap_or_else(|| {
+            panic!(
+                "{}: the trace names no relocation count (a number next to a word starting with `reloc`):\n{}",
+                arch.tag(),
+                r.stderr
+            )
+        });
+        assert!(
+            n > 0,
+            "{}: the trace says {n} relocations:\n{trace}",
+            arch.tag()
+        );
+    }
+}

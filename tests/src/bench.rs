@@ -701,3 +701,185 @@ pub fn run(cfg: &Config) -> String {
     );
     out
 }
+
+/// The restore time (ns) in the stub's `ELFPACK_TRACE` output: `restore took N UNIT`, with
+/// UNIT ns, us, µs or ms.
+pub fn trace_restore_ns(stderr: &str) -> Option<f64> {
+    let rest = stderr.split("restore took ").nth(1)?;
+    let mut words = rest.split_whitespace();
+    let n = words.next()?.parse::<f64>().ok()?;
+    let scale = match words
+        .next()
+        .map(|u| u.trim_end_matches([',', ';', ')', '.']))
+    {
+        Some("ns") => 1.0,
+        Some("us") | Some("µs") => 1e3,
+        Some("ms") => 1e6,
+        _ => return None,
+    };
+    Some(n * scale)
+}
+
+/// A relocation count in `elfpack:` lines (the stub's trace) or in `inspect`'s text: the
+/// number next to a word that starts with `reloc` (`1234 relocations`, `relocations: 1234`,
+/// `relocations applied: 1234`). None when no line gives one.
+pub fn relocation_count(text: &str) -> Option<u64> {
+    for line in text.lines() {
+        let words: Vec<&str> = line
+            .split(|c: char| c.is_whitespace() || ",:;()=".contains(c))
+            .filter(|w| !w.is_empty())
+            .collect();
+        let Some(i) = words
+            .iter()
+            .position(|w| w.to_ascii_lowercase().starts_with("reloc"))
+        else {
+            continue;
+        };
+        let num = |w: &str| w.parse::<u64>().ok();
+        if let Some(n) = i.checked_sub(1).and_then(|j| num(words[j])) {
+            return Some(n);
+        }
+        if let Some(n) = words[i + 1..].iter().take(3).find_map(|w| num(w)) {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// Median restore time (ns) of `runs` runs of a packed file with `ELFPACK_TRACE=1`, and the
+/// relocation count of the last run's trace.
+fn traced(packed: &Path, args: &[&str], runs: usize) -> (Stats, Option<u64>) {
+    let mut count = None;
+    let times = (0..runs)
+        .map(|_| {
+            let o = Command::new(packed)
+                .args(args)
+                .env("ELFPACK_TRACE", "1")
+                .output_t();
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            assert!(o.status.success(), "{}: {err}", packed.display());
+            count = relocation_count(
+                &err.lines()
+                    .filter(|l| l.starts_with("elfpack:"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+            trace_restore_ns(&err)
+                .unwrap_or_else(|| panic!("{}: no restore time reported: {err}", packed.display()))
+        })
+        .collect();
+    (stats(times), count)
+}
+
+/// The ASLR section: start-up of the original, the default (randomised) pack and a
+/// `--no-aslr` pack side by side for programs with many libraries; the stub's restore work
+/// and relocation count with and without randomisation; memory of concurrent instances.
+pub fn aslr(cfg: &Config) -> String {
+    let dir = scratch();
+    let mut out = String::new();
+    out += "### Address randomisation: start-up (wall time of one run, median over interleaved runs)\n\n";
+    out += "| program | libs | original ms (p10–p90) | default pack ms (p10–p90) | `--no-aslr` pack ms (p10–p90) | default ÷ original | `--no-aslr` ÷ original | default ÷ `--no-aslr` |\n|---|---|---|---|---|---|---|---|\n";
+    for (name, prog, args) in [
+        ("python3 -c pass", "/usr/bin/python3", vec!["-c", "pass"]),
+        ("curl --version", "/usr/bin/curl", vec!["--version"]),
+        ("ffmpeg -version", "/usr/bin/ffmpeg", vec!["-version"]),
+    ] {
+        let prog = Path::new(prog);
+        if !prog.exists() {
+            continue;
+        }
+        let file = name.split(' ').next().unwrap();
+        let (rnd, fixed) = (
+            dir.path().join(format!("{file}-aslr")),
+            dir.path().join(format!("{file}-fixed")),
+        );
+        pack(prog, &rnd, &[]);
+        pack(prog, &fixed, &["--no-aslr"]);
+        let (mut o, mut r, mut f) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..cfg.runs {
+            // The order of the three rotates from run to run.
+            for k in 0..3 {
+                match (i + k) % 3 {
+                    0 => o.push(time_run(Command::new(prog).args(&args))),
+                    1 => r.push(time_run(Command::new(&rnd).args(&args))),
+                    _ => f.push(time_run(Command::new(&fixed).args(&args))),
+                }
+            }
+        }
+        let (so, sr, sf) = (stats(o), stats(r), stats(f));
+        let ms = |s: Stats| {
+            format!(
+                "{:.2} ({:.2}–{:.2})",
+                s.median * 1e3,
+                s.p10 * 1e3,
+                s.p90 * 1e3
+            )
+        };
+        out += &format!(
+            "| {name} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |\n",
+            mapped_files(prog, &[]).len() - 1,
+            ms(so),
+            ms(sr),
+            ms(sf),
+            sr.median / so.median,
+            sf.median / so.median,
+            sr.median / sf.median
+        );
+    }
+
+    // The stub's own work, as it reports it, with and without randomisation.
+    let py = Path::new("/usr/bin/python3");
+    let (rnd, fixed) = (
+        dir.path().join("python3-aslr"),
+        dir.path().join("python3-fixed"),
+    );
+    for (p, extra) in [(&rnd, &[][..]), (&fixed, &["--no-aslr"][..])] {
+        if !p.exists() {
+            pack(py, p, extra);
+        }
+    }
+    let args = ["-S", "-c", "pass"];
+    let (tr, nr) = traced(&rnd, &args, cfg.runs);
+    let (tf, nf) = traced(&fixed, &args, cfg.runs);
+    let inspect_count = |p: &Path| {
+        let o = Command::new(elfpack()).arg("inspect").arg(p).output_t();
+        relocation_count(&String::from_utf8_lossy(&o.stdout))
+    };
+    let count = |trace: Option<u64>, p: &Path| match (trace, inspect_count(p)) {
+        (Some(n), _) => format!("{n} (trace)"),
+        (None, Some(n)) => format!("{n} (inspect)"),
+        (None, None) => "n/a (neither the trace nor inspect gives a count)".into(),
+    };
+    let us = |s: Stats| {
+        format!(
+            "{:.1} ({:.1}–{:.1})",
+            s.median / 1e3,
+            s.p10 / 1e3,
+            s.p90 / 1e3
+        )
+    };
+    out += &format!(
+        "\n### Address randomisation: restore work of packed `python3 -S -c pass` (`ELFPACK_TRACE=1`, {} runs each)\n\n| pack | restore µs median (p10–p90) | relocations applied |\n|---|---|---|\n| default | {} | {} |\n| `--no-aslr` | {} | {} |\n| default ÷ `--no-aslr` | {:.2} | |\n",
+        cfg.runs,
+        us(tr),
+        count(nr, &rnd),
+        us(tf),
+        count(nf, &fixed),
+        tr.median / tf.median
+    );
+
+    // Memory of concurrent instances: relocated pages are private to each process.
+    let args = ["-S", "-c", "import time; time.sleep(1.5)"];
+    let (ro, po) = memory(py, &args, cfg.instances);
+    let (rr, pr) = memory(&rnd, &args, cfg.instances);
+    let (rf, pf) = memory(&fixed, &args, cfg.instances);
+    out += &format!(
+        "\n### Address randomisation: memory ({} concurrent `python3 -S -c 'sleep'`, per instance)\n\n| | Rss kB | Pss kB | Pss ÷ original |\n|---|---|---|---|\n| original | {ro:.0} | {po:.0} | 1.00 |\n| default pack | {rr:.0} | {pr:.0} | {:.2} |\n| `--no-aslr` pack | {rf:.0} | {pf:.0} | {:.2} |\n| default ÷ `--no-aslr` | {:.2} | {:.2} | |\n",
+        cfg.instances,
+        pr / po,
+        pf / po,
+        rr / rf,
+        pr / pf
+    );
+    out
+}
