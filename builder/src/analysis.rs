@@ -3,9 +3,10 @@
 //! (what differs between captures, and the capture's own thread state) and
 //! [`crate::vdso`] (the vDSO proxy's entries). Each step takes the image it works on by
 //! value and hands on a new value: [`Prepared`] per capture, then one [`Analysed`].
-use crate::capture::{Snapshot, StackInfo};
+use crate::capture::{Shift, Snapshot, StackInfo};
 use crate::error::Result;
 use crate::image::{Fixup, Image, Vdso};
+use crate::relocs::{self, Aslr};
 use crate::{fixups, normalize, vdso};
 
 /// One capture, its per-run words found and zeroed, its thread state reset.
@@ -30,6 +31,9 @@ pub struct Analysed {
     pub varying: Vec<u64>,
     /// vDSO functions the proxy leaves as they are.
     pub unknown_vdso: Vec<String>,
+    /// The parts and relocations of address-space randomisation; `None` for a fixed
+    /// layout.
+    pub aslr: Option<Aslr>,
 }
 
 /// Finds the per-run words of one capture and resets its thread state.
@@ -52,8 +56,18 @@ pub fn prepare(c: Snapshot) -> Result<Prepared> {
 
 /// Combines the capture to pack (`first`) with a comparison capture (`second`, made with
 /// one argument more when `argc_probe` is the first's argument count, and with other
-/// values of the auxv entries ld.so copies).
-pub fn combine(first: Prepared, second: Prepared, argc_probe: Option<u64>) -> Result<Analysed> {
+/// values of the auxv entries ld.so copies) and, for address randomisation, with a capture
+/// like the first made at other places (`moved`, by its shift; `crate::relocs`).
+pub fn combine(
+    first: Prepared,
+    second: Prepared,
+    moved: Option<(Prepared, Shift)>,
+    argc_probe: Option<u64>,
+) -> Result<Analysed> {
+    let mut aslr = match moved {
+        Some((m, shift)) => Some(relocs::find(&first.image, &m.image, shift)?),
+        None => None,
+    };
     let aux_values = fixups::aux_values(&first.image, &second.image, &first.stack, &second.stack);
     let (mut image, mut fixups) = (first.image, first.fixups);
     let varying = normalize::zero_differences(
@@ -71,11 +85,22 @@ pub fn combine(first: Prepared, second: Prepared, argc_probe: Option<u64>) -> Re
     fixups.extend(aux_values);
     fixups.sort_by_key(|f| f.addr);
     let (vdso, unknown_vdso) = vdso::find_entries(&image)?;
+    if let Some(a) = aslr.as_mut() {
+        // Zeroed words stay zero, and the stub writes each fixup's word afresh.
+        a.forget(&varying);
+        a.forget(&fixups.iter().map(|f| f.addr).collect::<Vec<_>>());
+        if let Some(v) = vdso.as_ref().filter(|v| !v.entries.is_empty()) {
+            if image.arch.spec().slots_move_with_proxy {
+                a.slots = Some(relocs::add_slot_page(&mut image, v)?);
+            }
+        }
+    }
     Ok(Analysed {
         image,
         fixups,
         vdso,
         varying,
         unknown_vdso,
+        aslr,
     })
 }

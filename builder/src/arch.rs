@@ -60,6 +60,18 @@ pub struct Steer {
     /// (0x7e8000000000 up), and far below the stack (compiler-rt
     /// `asan/asan_mapping.h`, `asan/asan_allocator.h`, `tsan/rtl/tsan_platform.h`).
     pub sanitizer_base: Option<u64>,
+    /// How far the capture that finds the image's relocations moves the program and the
+    /// window from where the first capture puts them (`relocs.rs`). Both are far from
+    /// each other and from zero, so that a word whose two values differ by one of them
+    /// holds an address of that part. The program's is an odd number of pages, so that
+    /// any use of its address bits shows; the window's is a multiple of 2 MiB, because
+    /// ld.so aligns a library whose PT_LOADs ask for more than a page
+    /// (`elf/dl-map-segments.h`, `_dl_map_segment`).
+    pub probe_shift: (u64, u64),
+    /// Bits of page-granular randomness of a PIE program's base under the kernel's ASLR
+    /// (linux `arch/x86/Kconfig`: ARCH_MMAP_RND_BITS_MIN 28, ARCH_MMAP_RND_COMPAT_BITS_MIN
+    /// 8, the defaults of `vm.mmap_rnd_bits` and `vm.mmap_rnd_compat_bits`).
+    pub rnd_bits: u32,
 }
 
 /// Where the stub and its descriptor go relative to the image.
@@ -94,6 +106,10 @@ pub struct ArchSpec {
     pub elf: ElfSizes,
     pub steer: Steer,
     pub stub_placement: StubPlacement,
+    /// The vDSO proxy reaches its slots rip-relative (x86-64), so with address
+    /// randomisation they lie in the image next to it and move with it; an absolute jump
+    /// (i386) reaches them in the descriptor.
+    pub slots_move_with_proxy: bool,
     pub tls: TlsSource,
     /// The relative relocation of the stub (a static PIE that references no symbols).
     pub relative_reloc: u32,
@@ -195,8 +211,11 @@ pub static X86_64: ArchSpec = ArchSpec {
         top: 1 << 47,
         pie_base: Some(0x1000_0000),
         sanitizer_base: Some(0x7e80_0000_0000),
+        probe_shift: (0x5791_3000, 0x2_4680_0000),
+        rnd_bits: 28,
     },
     stub_placement: StubPlacement::Above,
+    slots_move_with_proxy: true,
     tls: TlsSource::FsBase,
     relative_reloc: goblin::elf::reloc::R_X86_64_RELATIVE,
     ld_cache_flags: 0x0303,
@@ -257,8 +276,11 @@ pub static I386: ArchSpec = ArchSpec {
         top: 1 << 32,
         pie_base: None,
         sanitizer_base: None,
+        probe_shift: (0x0135_7000, 0x0080_0000),
+        rnd_bits: 8,
     },
     stub_placement: StubPlacement::Below,
+    slots_move_with_proxy: false,
     tls: TlsSource::ThreadArea,
     relative_reloc: goblin::elf::reloc::R_386_RELATIVE,
     ld_cache_flags: 0x0003,

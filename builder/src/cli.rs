@@ -81,6 +81,10 @@ pub struct BuildArgs {
     /// (2.31 to 2.43), with a warning.
     #[arg(long)]
     untested_glibc: bool,
+    /// Keep the captured layout at every run: no address-space randomisation of the
+    /// program, ld.so and the libraries (which is on by default, as for the original).
+    #[arg(long)]
+    no_aslr: bool,
     /// Print what was captured.
     #[arg(short, long)]
     verbose: bool,
@@ -106,6 +110,7 @@ impl BuildArgs {
             include: self.include.clone(),
             strip: self.strip,
             untested_glibc: self.untested_glibc,
+            aslr: !self.no_aslr,
             args: self.args.clone(),
         };
         let verbosity = match (self.quiet, self.verbose) {

@@ -1,11 +1,13 @@
 //! Descriptor encoding (pure): the image's restore data as the stub reads it at
 //! `__elfpack_desc`: the [`abi::Descriptor`] header, then its tables (fixups, vDSO slot
-//! words, vDSO slots, protections) and the string area, with the jumps that turn the
-//! captured vDSO's functions into the proxy's entries.
+//! words, vDSO slots, protections, the moves and relocations of address randomisation)
+//! and the string area, with the jumps that turn the captured vDSO's functions into the
+//! proxy's entries.
 use crate::analysis::Analysed;
 use crate::error::{other, Result};
 use crate::image::{Image, PROT_READ};
-use crate::layout::{align_up, Layout, PAGE};
+use crate::layout::{align_up, Layout, MAX_PHDRS, PAGE};
+use crate::relocs::{Aslr, Part};
 use elfpack_stub::abi::{self, bytes_of, Protect, Table, VdsoSlot};
 use std::mem::size_of;
 
@@ -46,9 +48,31 @@ pub fn reserved_len(a: &Analysed, target: &Target, protect: usize) -> u64 {
         + vdso_entries(a).len() * (size_of::<VdsoSlot>() + SLOT_WORD)
         + (protect + 1) * size_of::<Protect>()
         + strings_len(a, target)
+        + a.aslr
+            .as_ref()
+            .map_or(0, |x| aslr_len(x, a.image.arch.word() as u64))
         + RESERVE_SLACK;
     align_up(len as u64, PAGE)
 }
+
+/// The most bytes the tables of address randomisation take: the relocations, and for each
+/// segment up to two moves and a gap to unmap.
+fn aslr_len(x: &Aslr, word: u64) -> usize {
+    let relocs: usize = PAIRS
+        .iter()
+        .map(|&(f, t)| x.table(f, t, word).len() * size_of::<u64>() + 8)
+        .sum();
+    relocs + MAX_PHDRS * (2 * size_of::<abi::Move>() + size_of::<Protect>())
+}
+
+/// The relocation tables' order in [`abi::Aslr::relocs`]: (part of the word, part it
+/// points into).
+const PAIRS: [(Part, Part); 4] = [
+    (Part::Program, Part::Program),
+    (Part::Program, Part::Window),
+    (Part::Window, Part::Program),
+    (Part::Window, Part::Window),
+];
 
 /// The vDSO proxy's entries.
 fn vdso_entries(a: &Analysed) -> &[crate::image::VdsoEntry] {
@@ -123,12 +147,16 @@ pub fn encode(a: &Analysed, target: &Target, layout: &Layout) -> Result<Encoded>
     let (fixups, strings, cpu_level_name) = fixups_and_strings(a, target);
     let fixups_t = blob.table(&fixups);
     // Slot words come first in a table of their own, so their addresses are known before
-    // the slot table is written.
+    // the slot table is written; or, where they move with the proxy, in its page of the
+    // image.
     blob.align();
     let slots_at = blob.bytes.len() as u64;
-    blob.bytes
-        .resize(blob.bytes.len() + entries.len() * SLOT_WORD, 0);
-    let slot_addr = |i: usize| desc_addr + slots_at + (SLOT_WORD * i) as u64;
+    let in_image = a.aslr.as_ref().and_then(|x| x.slots);
+    if in_image.is_none() {
+        blob.bytes
+            .resize(blob.bytes.len() + entries.len() * SLOT_WORD, 0);
+    }
+    let slot_addr = |i: usize| in_image.unwrap_or(desc_addr + slots_at) + (SLOT_WORD * i) as u64;
     let slots: Vec<VdsoSlot> = entries
         .iter()
         .enumerate()
@@ -145,6 +173,14 @@ pub fn encode(a: &Analysed, target: &Target, layout: &Layout) -> Result<Encoded>
         .enumerate()
         .map(|(i, e)| Ok((e.addr, spec.proxy_jump(e.addr, slot_addr(i))?)))
         .collect::<Result<Vec<_>>>()?;
+    let word = a.image.arch.word() as u64;
+    let moves_t = blob.table(&layout.moves);
+    let mut relocs_t = [Table::default(); 4];
+    if let Some(x) = &a.aslr {
+        for (t, &(f, to)) in relocs_t.iter_mut().zip(&PAIRS) {
+            *t = blob.table(&x.table(f, to, word));
+        }
+    }
     // The descriptor (with the vDSO slots) becomes read-only once the stub is done.
     let mut protect = layout.plan.protect.clone();
     let len = align_up(
@@ -178,7 +214,24 @@ pub fn encode(a: &Analysed, target: &Target, layout: &Layout) -> Result<Encoded>
         strings: strings_t,
         cpu_level_name,
     };
-    let d = header(&a.image, target, tables);
+    let mut d = header(&a.image, target, tables);
+    if let Some(x) = &a.aslr {
+        d.aslr = abi::Aslr {
+            flags: abi::ASLR_ON
+                | if x.program_moves {
+                    abi::ASLR_PROGRAM_MOVES
+                } else {
+                    0
+                },
+            program_bits: x.rnd_bits,
+            program_lo: x.program.0,
+            program_hi: x.program.1,
+            window_lo: x.window.0,
+            window_hi: x.window.1,
+            moves: moves_t,
+            relocs: relocs_t,
+        };
+    }
     blob.bytes[..abi::DESCRIPTOR_SIZE].copy_from_slice(bytes_of(&d));
     Ok(Encoded {
         bytes: blob.bytes,
@@ -220,6 +273,7 @@ fn header(image: &Image, target: &Target, t: Tables) -> abi::Descriptor {
         rseq_size: image.rseq_size,
         min_kernel: target.min_kernel,
         _pad: 0,
+        aslr: abi::Aslr::default(),
     }
 }
 
@@ -251,6 +305,7 @@ mod tests {
             image,
             varying: vec![],
             unknown_vdso: vec![],
+            aslr: None,
         }
     }
 

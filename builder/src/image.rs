@@ -146,6 +146,8 @@ pub struct Image {
     /// protection does not tell code from data.
     pub read_implies_exec: bool,
     pub objects: Vec<Object>,
+    /// The program's part of the image `[lo, hi)`: its mappings, bss and heap.
+    pub program_range: (u64, u64),
 }
 
 impl Image {
@@ -235,6 +237,7 @@ impl Image {
             stack_flags: Some(6),
             read_implies_exec: false,
             objects: vec![],
+            program_range: (0, 0),
         }
     }
 }

@@ -125,6 +125,22 @@ fn describe(o: &mut String, path: &Path, m: &Meta) {
         needs.join(", ")
     );
     let _ = writeln!(o, "runs on: Linux {} or later", e(&m.min_kernel));
+    let a = &m.aslr;
+    let _ = writeln!(
+        o,
+        "address randomisation: {}",
+        match (a.enabled, a.program_moves) {
+            (false, _) => "off (the captured layout at every run)".to_string(),
+            (true, true) => format!(
+                "on (the program by {} bits, ld.so and the libraries where mmap puts them; {} relocations)",
+                a.program_bits, a.relocations
+            ),
+            (true, false) => format!(
+                "on (ld.so and the libraries where mmap puts them; the program is not position-independent and stays; {} relocations)",
+                a.relocations
+            ),
+        }
+    );
     let _ = writeln!(
         o,
         "program: {} (build-id {})",

@@ -36,6 +36,7 @@ mod normalize;
 mod origin;
 mod output;
 mod program;
+mod relocs;
 mod sections;
 mod signals;
 mod stub_blob;

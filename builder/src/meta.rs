@@ -29,10 +29,37 @@ pub struct Meta {
     /// hold in every run of the packed file.
     #[serde(default)]
     pub tunables: Vec<String>,
+    /// Address-space randomisation.
+    #[serde(default)]
+    pub aslr: AslrInfo,
     pub libraries: Vec<Library>,
     pub regions: Vec<RegionInfo>,
     pub resume: Resume,
     pub sizes: Sizes,
+}
+
+/// What the packed file randomises at every run.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct AslrInfo {
+    /// The image moves at every run (not packed with `--no-aslr` or `--stop-at-entry`).
+    pub enabled: bool,
+    /// The program moves too (it is position-independent).
+    pub program_moves: bool,
+    /// Bits of page-granular randomness of the program's place.
+    pub program_bits: u32,
+    /// Words the stub relocates at every run.
+    pub relocations: u64,
+}
+
+impl AslrInfo {
+    pub fn of(a: Option<&crate::relocs::Aslr>) -> AslrInfo {
+        a.map_or_else(AslrInfo::default, |a| AslrInfo {
+            enabled: true,
+            program_moves: a.program_moves,
+            program_bits: if a.program_moves { a.rnd_bits } else { 0 },
+            relocations: a.relocs.len() as u64,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -268,6 +295,7 @@ pub fn build(
             time,
         },
         tunables: Vec::new(),
+        aslr: AslrInfo::default(),
         libraries,
         regions,
         resume: Resume {

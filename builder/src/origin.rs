@@ -50,7 +50,8 @@ fn origin_path(path: &Path) -> Option<String> {
 /// with the program's search list and origin reset, and a warning for each object whose
 /// `$ORIGIN` stays the capture directory (a library's own, or the program's where its
 /// fields cannot be identified).
-pub fn follow(mut image: Image, program: &Path) -> (Image, Vec<Warning>) {
+/// Returns the image, the warnings and the addresses of the words it reset.
+pub fn follow(mut image: Image, program: &Path) -> (Image, Vec<Warning>, Vec<u64>) {
     let canonical = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
     let kept = |path: &Path, runpath: String| Warning::OriginKept {
         object: path.to_path_buf(),
@@ -64,7 +65,7 @@ pub fn follow(mut image: Image, program: &Path) -> (Image, Vec<Warning>) {
         .filter_map(|o| Some(kept(&o.path, origin_path(&o.path)?)))
         .collect();
     let Some(runpath) = origin_path(&canonical) else {
-        return (image, warnings);
+        return (image, warnings, Vec::new());
     };
     let dir = canonical
         .parent()
@@ -73,15 +74,19 @@ pub fn follow(mut image: Image, program: &Path) -> (Image, Vec<Warning>) {
     let words = crate::linkmap::main_map(&image)
         .filter(|&m| m != 0)
         .and_then(|map| reset_words(&image, map, w, 256 * w, dir));
-    match words {
+    let reset = match words {
         Some(words) => {
-            for a in words {
+            for &a in &words {
                 image.write_word(a, 0);
             }
+            words
         }
-        None => warnings.push(kept(&canonical, runpath)),
-    }
-    (image, warnings)
+        None => {
+            warnings.push(kept(&canonical, runpath));
+            Vec::new()
+        }
+    };
+    (image, warnings, reset)
 }
 
 /// The words of the program's link map at `map` (`size` bytes of it are searched) to set

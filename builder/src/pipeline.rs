@@ -36,6 +36,8 @@ pub struct Options {
     pub strip: bool,
     /// `--untested-glibc`.
     pub untested_glibc: bool,
+    /// Address-space randomisation (not `--no-aslr`).
+    pub aslr: bool,
     /// The arguments of the capture run.
     pub args: Vec<OsString>,
 }
@@ -104,21 +106,33 @@ pub fn prepare(o: &Options) -> Result<Prepared> {
     })
 }
 
-/// The two captures, each with its fixups found and its thread state reset.
+/// The captures, each with its fixups found and its thread state reset.
 struct Captures {
     first: analysis::Prepared,
     /// The second capture, for what varies from run to run.
     second: analysis::Prepared,
+    /// For address randomisation: a capture like the first with the program and the
+    /// window elsewhere, and how far.
+    moved: Option<(analysis::Prepared, capture::Shift)>,
     /// The first capture's argc, when the second got one argument more.
     argc_probe: Option<u64>,
 }
 
-/// Captures PROGRAM twice, at once: the second shows which words still vary from run to
-/// run. It gets one argument more, which shows where ld.so keeps argc (`_dl_argc`): the
-/// stub sets that to each run's own. With --stop-at-entry the initializers ran and may
-/// have acted on the arguments, so both captures get the same.
+/// Whether the output randomises its layout: not with --no-aslr, and not with
+/// --stop-at-entry, whose initializers already ran and may have stored pointers mangled
+/// with the pointer guard (glibc `PTR_MANGLE`), which no slide can relocate.
+pub fn randomises(o: &Options) -> bool {
+    o.aslr && !o.stop_at_entry
+}
+
+/// Captures PROGRAM two or three times, at once: the second shows which words still vary
+/// from run to run. It gets one argument more, which shows where ld.so keeps argc
+/// (`_dl_argc`): the stub sets that to each run's own. With --stop-at-entry the
+/// initializers ran and may have acted on the arguments, so both captures get the same.
+/// With address randomisation, a third runs like the first with the program and the
+/// window moved, which shows the words that hold addresses (`crate::relocs`).
 /// With `bind_now`, ld.so binds every symbol at capture (LD_BIND_NOW).
-fn capture_twice(o: &Options, p: &Prepared, bind_now: bool) -> Result<Captures> {
+fn capture_all(o: &Options, p: &Prepared, bind_now: bool) -> Result<Captures> {
     let mut args = vec![o.program.clone()];
     args.extend(o.args.iter().cloned());
     let mut env = p.env.env.clone();
@@ -133,6 +147,8 @@ fn capture_twice(o: &Options, p: &Prepared, bind_now: bool) -> Result<Captures> 
         skip_code: false,
         comparison: false,
         quiet: false,
+        emulate_brk: randomises(o),
+        shift: capture::Shift::default(),
     };
     let argc_probe = (!o.stop_at_entry).then_some(opts.args.len() as u64);
     let mut second_args = opts.args.clone();
@@ -140,7 +156,25 @@ fn capture_twice(o: &Options, p: &Prepared, bind_now: bool) -> Result<Captures> 
         second_args.push(OsString::from("elfpack-argc-probe"));
     }
     let prog = &p.program;
-    let (first, second) = std::thread::scope(|s| {
+    let steer = &prog.arch.spec().steer;
+    let shift = capture::Shift {
+        program: if prog.pie { steer.probe_shift.0 } else { 0 },
+        window: steer.probe_shift.1,
+    };
+    let (first, second, moved) = std::thread::scope(|s| {
+        let moved = randomises(o).then(|| {
+            s.spawn(|| {
+                let c = capture::capture(
+                    prog,
+                    &capture::Options {
+                        quiet: true,
+                        shift,
+                        ..opts.clone()
+                    },
+                )?;
+                analysis::prepare(c)
+            })
+        });
         let other = s.spawn(|| {
             let c = capture::capture(
                 prog,
@@ -161,11 +195,16 @@ fn capture_twice(o: &Options, p: &Prepared, bind_now: bool) -> Result<Captures> 
             other
                 .join()
                 .unwrap_or_else(|_| Err(other!("the second capture failed"))),
+            moved.map(|m| {
+                m.join()
+                    .unwrap_or_else(|_| Err(other!("the third capture failed")))
+            }),
         )
     });
     Ok(Captures {
         first: first?,
         second: second?,
+        moved: moved.transpose()?.map(|m| (m, shift)),
         argc_probe,
     })
 }
@@ -217,12 +256,12 @@ fn analyse(o: &Options, p: &Prepared) -> Result<(Analysed, Vec<String>, Vec<Warn
     let mut warnings = Vec::new();
     let mut bind_now = false;
     let (analysed, notes, capture_warnings) = loop {
-        let c = capture_twice(o, p, bind_now)?;
+        let c = capture_all(o, p, bind_now)?;
         checks::check_loaded(&c.first.image, &p.env.includes)?;
         checks::check_sanitizers(&c.first.image, &p.program)?;
         let glibc = checks::check_glibc(&c.first.image, o.untested_glibc)?;
         let (notes, capture_warnings) = (c.first.notes.clone(), c.first.warnings.clone());
-        let analysed = analysis::combine(c.first, c.second, c.argc_probe)?;
+        let analysed = analysis::combine(c.first, c.second, c.moved, c.argc_probe)?;
         warnings.extend(glibc.filter(|_| !bind_now));
         let Some(allowed) = p.cpu.allowed else {
             break (analysed, notes, capture_warnings);
@@ -239,9 +278,21 @@ fn analyse(o: &Options, p: &Prepared) -> Result<(Analysed, Vec<String>, Vec<Warn
     };
     let mut all = capture_warnings;
     all.append(&mut warnings);
-    let (image, origin_warnings) = origin::follow(analysed.image, &p.program.path);
+    let (image, origin_warnings, reset) = origin::follow(analysed.image, &p.program.path);
     all.extend(origin_warnings);
-    Ok((Analysed { image, ..analysed }, notes, all))
+    let mut aslr = analysed.aslr;
+    if let Some(a) = aslr.as_mut() {
+        a.forget(&reset);
+    }
+    Ok((
+        Analysed {
+            image,
+            aslr,
+            ..analysed
+        },
+        notes,
+        all,
+    ))
 }
 
 /// Writes OUTPUT: into a temporary file beside it, renamed over it once complete. Returns
@@ -272,6 +323,7 @@ fn write(
             nsyms,
         );
         m.tunables = tunables.to_vec();
+        m.aslr = meta::AslrInfo::of(analysed.aslr.as_ref());
         serde_json::to_vec(&m).expect("serialisable")
     })
     .map_err(|e| writer_error(e, &o.output))?;

@@ -14,7 +14,7 @@ pub use bytemuck::bytes_of;
 /// First bytes of every descriptor.
 pub const MAGIC: [u8; 8] = *b"ELFPACK\0";
 /// Bumped whenever a layout below changes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// A table inside the descriptor blob.
 #[repr(C, align(8))]
@@ -74,6 +74,85 @@ pub struct MmLayout {
     pub brk: u64,
 }
 
+/// Address-space randomisation: where the image's two parts lie in the file, the ranges
+/// the stub moves, and the words it relocates.
+///
+/// The image has two parts, each moved by its own page-granular slide at every start, as
+/// the kernel places the original's parts: the *program* (a PIE program and its heap, at
+/// a random offset from its captured place) and the *window* (ld.so, the libraries, the
+/// vDSO proxy and everything ld.so mapped, where `mmap(NULL)` puts it, as for the
+/// original's libraries). A descriptor address inside a part's range (ends included) moves
+/// with that part; any other address (the stub's own, the stack's) stays.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Aslr {
+    /// [`ASLR_ON`] when the image moves; 0 for a file packed with `--no-aslr` (or with
+    /// `--stop-at-entry`), which keeps the captured layout.
+    pub flags: u32,
+    /// Bits of page-granular entropy of the program's slide: the kernel's default
+    /// `mmap_rnd_bits` (28 on x86-64, 8 for 32-bit programs; linux `arch/x86/Kconfig`,
+    /// ARCH_MMAP_RND_BITS_MIN and ARCH_MMAP_RND_COMPAT_BITS_MIN).
+    pub program_bits: u32,
+    /// The program part `[lo, hi]`: the program's mappings, its bss and its heap. It moves
+    /// only when [`ASLR_PROGRAM_MOVES`] is set (a position-independent program).
+    pub program_lo: u64,
+    pub program_hi: u64,
+    /// The window part `[lo, hi]`.
+    pub window_lo: u64,
+    pub window_hi: u64,
+    /// [`Move`] entries: the ranges the kernel mapped from this file's PT_LOADs, each inside
+    /// one mapping, in address order.
+    pub moves: Table,
+    /// Relocations: `u64` entries in the RELR encoding (see [`relr`]), one table per
+    /// (part the word lies in, part it points into): program→program, program→window,
+    /// window→program, window→window.
+    pub relocs: [Table; 4],
+}
+
+/// [`Aslr::flags`]: the image moves at every start (unless ADDR_NO_RANDOMIZE).
+pub const ASLR_ON: u32 = 1;
+/// [`Aslr::flags`]: the program part moves too (a position-independent program).
+pub const ASLR_PROGRAM_MOVES: u32 = 2;
+
+/// A range of the image that one `mremap` moves.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Move {
+    pub addr: u64,
+    pub len: u64,
+}
+
+/// The RELR encoding of a sorted list of word addresses (as in the ELF gABI's
+/// SHT_RELR, with 64-bit entries for both architectures): an even entry is the address of
+/// a word to relocate; an odd entry is a bitmap whose bit `i` (1..=63) stands for the word
+/// `i - 1` words after the previous run's end, where a run is 63 words long.
+pub mod relr {
+    /// Words a bitmap entry covers.
+    pub const BITMAP_WORDS: u64 = 63;
+
+    /// Calls `f` with each address that `entries` encode, for words of `word` bytes.
+    pub fn for_each(entries: &[u64], word: u64, mut f: impl FnMut(u64)) {
+        let mut next = 0u64;
+        for &e in entries {
+            if e & 1 == 0 {
+                f(e);
+                next = e + word;
+            } else {
+                let mut bits = e >> 1;
+                let mut at = next;
+                while bits != 0 {
+                    if bits & 1 != 0 {
+                        f(at);
+                    }
+                    bits >>= 1;
+                    at += word;
+                }
+                next += BITMAP_WORDS * word;
+            }
+        }
+    }
+}
+
 /// The descriptor header.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -118,6 +197,7 @@ pub struct Descriptor {
     /// The oldest kernel the image runs on, as [`kernel_version`] encodes it.
     pub min_kernel: u32,
     pub _pad: u32,
+    pub aslr: Aslr,
 }
 
 /// A kernel version as one number: `major << 16 | minor << 8 | min(patch, 255)`, as
@@ -281,6 +361,9 @@ pub struct Protect {
 
 /// [`Protect::prot`] of a range to unmap.
 pub const PROT_UNMAP: u32 = u32::MAX;
+/// [`Protect::prot`] of a gap between two moved ranges of one part of the image, which the
+/// stub unmaps when the image moved (it is then a part of the room reserved for it).
+pub const PROT_UNMAP_MOVED: u32 = u32::MAX - 1;
 
 /// CPU feature bits the stub can check with `cpuid`.
 pub mod cpu {
@@ -344,8 +427,11 @@ const _: () = {
                 + 2 * 8
                 + 8
                 + 2 * 4
+                + size_of::<Aslr>()
     )
 };
+const _: () = assert!(core::mem::size_of::<Aslr>() == 8 + 4 * 8 + 5 * 16);
+const _: () = assert!(core::mem::size_of::<Move>() == 16);
 
 #[cfg(test)]
 mod tests {

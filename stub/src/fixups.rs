@@ -6,23 +6,12 @@
 //! protector canary and pointer guard from the AT_RANDOM bytes (`elf/rtld.c`
 //! `security_init`, `sysdeps/generic/dl-osinfo.h`). The builder found every such word and
 //! said what it points at; here each gets this run's value.
-use crate::{desc, stack::InitialStack};
+use crate::{desc, place::Place, stack::InitialStack};
 use elfpack_stub::abi::{fixup_kind as k, Descriptor, Fixup};
 use linux_raw_sys::auxvec as at;
 
 const WORD: usize = core::mem::size_of::<usize>();
 static EMPTY: u8 = 0;
-
-/// Reads a native word from this run's AT_RANDOM bytes.
-fn random_word(st: &InitialStack, index: usize) -> usize {
-    let p = st.aux(at::AT_RANDOM).unwrap_or(0);
-    if p == 0 {
-        crate::fail::fail("the kernel gave no AT_RANDOM", 0);
-    }
-    // SAFETY: AT_RANDOM points at 16 random bytes on the initial stack (linux
-    // `fs/binfmt_elf.c`, `create_elf_tables`); index * WORD + WORD <= 16 on both arches.
-    unsafe { ((p + index * WORD) as *const usize).read_unaligned() }
-}
 
 /// The environment string of this run whose name equals that of `capture`
 /// ("NAME=value"), if any.
@@ -65,7 +54,7 @@ fn random_key(st: &InitialStack, addr: u64) -> usize {
     } else {
         // No getrandom (kernels before 3.17): a hash of this run's AT_RANDOM, which stays
         // unpredictable, mixed with the word's address.
-        (random_word(st, 0) as u64) ^ (random_word(st, 1) as u64).rotate_left(29) ^ addr
+        (st.random_word(0) as u64) ^ (st.random_word(1) as u64).rotate_left(29) ^ addr
     };
     let bits = usize::BITS;
     loop {
@@ -115,9 +104,9 @@ fn value(d: &'static Descriptor, st: &InitialStack, f: &Fixup) -> usize {
         },
         // glibc `sysdeps/generic/dl-osinfo.h` `_dl_setup_stack_chk_guard`: the first word of
         // AT_RANDOM with its lowest byte cleared (little-endian).
-        k::CANARY => random_word(st, 0) & !0xff,
+        k::CANARY => st.random_word(0) & !0xff,
         // `_dl_setup_pointer_guard`: the second word of AT_RANDOM.
-        k::POINTER_GUARD => random_word(st, 1),
+        k::POINTER_GUARD => st.random_word(1),
         k::RANDOM_KEY => random_key(st, f.addr),
         _ => crate::fail::fail_with(
             "packed file is corrupt (unknown fixup)",
@@ -131,30 +120,30 @@ fn value(d: &'static Descriptor, st: &InitialStack, f: &Fixup) -> usize {
 }
 
 /// Step 5.
-pub fn apply(d: &'static Descriptor, st: &InitialStack) {
+pub fn apply(d: &'static Descriptor, st: &InitialStack, place: &Place) {
     let secure = st.aux(at::AT_SECURE).unwrap_or(0) != 0;
     for f in desc::table::<Fixup>(d, d.fixups) {
         if f.kind == k::SECURE_FLAG {
             // SAFETY: the builder names the address of an `int __libc_enable_secure` copy
             // (a copy relocation into the program, glibc `elf/enbl-secure.c`), 4-byte
             // aligned in a page the builder mapped writable (sealed afterwards).
-            unsafe { (f.addr as usize as *mut i32).write(i32::from(secure)) };
+            unsafe { (place.at(f.addr) as *mut i32).write(i32::from(secure)) };
             continue;
         }
         if f.kind == k::ARGC_INT {
             // SAFETY: the builder names a 4-byte aligned `int` that held the capture's argc
             // (ld.so's `_dl_argc`, glibc `elf/rtld.c`), in a page mapped writable.
-            unsafe { (f.addr as usize as *mut i32).write(st.argc as i32) };
+            unsafe { (place.at(f.addr) as *mut i32).write(st.argc as i32) };
             continue;
         }
         let v = value(d, st, f);
         // SAFETY: fixup addresses are word-aligned words of the image that the builder
         // mapped writable (its `Protect` entries seal them afterwards).
-        unsafe { (f.addr as usize as *mut usize).write(v) };
+        unsafe { (place.at(f.addr) as *mut usize).write(v) };
     }
     if d.enable_secure != 0 {
         // SAFETY: `enable_secure` is the address of ld.so's `int __libc_enable_secure`
         // (glibc `elf/enbl-secure.c`), in a writable page of the image.
-        unsafe { (d.enable_secure as usize as *mut i32).write(i32::from(secure)) };
+        unsafe { (place.at(d.enable_secure) as *mut i32).write(i32::from(secure)) };
     }
 }

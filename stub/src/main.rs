@@ -17,6 +17,7 @@ mod kernel;
 mod line;
 mod mem;
 mod mm;
+mod place;
 mod protect;
 mod secure;
 mod stack;
@@ -40,34 +41,38 @@ pub unsafe extern "C" fn restore(sp: *mut usize) -> ! {
     let mut st = unsafe { stack::InitialStack::read(sp) };
     arch::use_vsyscall(&st);
     let t0 = trace::start(&st);
-    // 2. The initial stack for `_dl_start_user`: this run's argv and envp, the auxv
+    // 2. Move the image to this run's random places (unless packed with --no-aslr or run
+    //    with ADDR_NO_RANDOMIZE) and relocate the words that hold its addresses. Every
+    //    later step finds a captured address through `place`.
+    let place = place::randomise(d, &st);
+    // 3. The initial stack for `_dl_start_user`: this run's argv and envp, the auxv
     //    entries that describe the program set to the original program's values.
-    stack::describe_program(&mut st, d);
-    // 3. The program break (this run's, or the captured heap's end), and this run's
-    //    argument and environment ranges published: one prctl_mm_map holds both. In a
-    //    secure run (AT_SECURE), drop the variables ld.so drops for setuid programs.
-    mm::restore_brk_and_ranges(d, &st);
+    stack::describe_program(&mut st, d, &place);
+    // 4. The program break (after the program, or the captured heap's end), and this
+    //    run's argument and environment ranges published: one prctl_mm_map holds both. In
+    //    a secure run (AT_SECURE), drop the variables ld.so drops for setuid programs.
+    mm::restore_brk_and_ranges(d, &st, &place);
     secure::scrub_environment(&mut st);
-    // 4. Point the image's vDSO functions at this kernel's vDSO, or at system calls.
-    vdso::connect(d, &st);
-    // 5. Redirect pointers into the capture-time stack; fresh canary and pointer guard;
+    // 5. Point the image's vDSO functions at this kernel's vDSO, or at system calls.
+    vdso::connect(d, &st, &place);
+    // 6. Redirect pointers into the capture-time stack; fresh canary and pointer guard;
     //    `__libc_enable_secure` from AT_SECURE.
-    fixups::apply(d, &st);
-    // 6. Redo the per-thread kernel registrations: thread pointer, tid address, robust
+    fixups::apply(d, &st, &place);
+    // 7. Redo the per-thread kernel registrations: thread pointer, tid address, robust
     //    list, rseq.
-    thread::register(d);
-    // 7. Give every region its captured protection, now that the writes are done.
-    protect::seal(d);
-    trace::finish(t0);
-    // 8. Resume where ld.so hands over to the program (or, for a loader captured at the
+    thread::register(d, &place);
+    // 8. Give every region its captured protection, now that the writes are done.
+    protect::seal(d, &place);
+    trace::finish(t0, place.relocated);
+    // 9. Resume where ld.so hands over to the program (or, for a loader captured at the
     //    program's entry, there).
     // SAFETY: the descriptor's resume point is `_dl_start_user` of this image, and `sp`
     // now holds the stack it expects.
     unsafe {
         if d.resume_kind == elfpack_stub::abi::RESUME_ENTRY {
-            arch::resume_at_entry(d.resume_pc as usize, sp as usize, d.resume_dx as usize)
+            arch::resume_at_entry(place.at(d.resume_pc), sp as usize, place.at(d.resume_dx))
         } else {
-            arch::resume(d.resume_pc as usize, sp as usize, d.user_entry as usize)
+            arch::resume(place.at(d.resume_pc), sp as usize, place.at(d.user_entry))
         }
     }
 }

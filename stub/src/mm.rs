@@ -12,7 +12,7 @@
 //! holds a heap (captured at the entry point, after initializers ran), the break is put
 //! back at its end. Where the prctl fails (qemu-user, kernels without
 //! CONFIG_CHECKPOINT_RESTORE), the kernel's break stays.
-use crate::{stack::InitialStack, sys};
+use crate::{place::Place, stack::InitialStack, sys};
 use elfpack_stub::abi::Descriptor;
 
 /// `struct prctl_mm_map` as the 64-bit kernel reads it, for both architectures: the kernel
@@ -38,20 +38,26 @@ struct MmMap {
 const _: () = assert!(core::mem::size_of::<MmMap>() == 104);
 
 /// Steps 3 and 7 in one system call. Returns whether the kernel took the map.
-pub fn restore_brk_and_ranges(d: &Descriptor, st: &InitialStack) -> bool {
+pub fn restore_brk_and_ranges(d: &Descriptor, st: &InitialStack, place: &Place) -> bool {
     let (arg_start, arg_end, env_start, env_end) = st.strings_end();
     let (start_brk, brk) = if d.mm.brk != 0 {
-        (d.mm.start_brk, d.mm.brk)
+        (place.at(d.mm.start_brk) as u64, place.at(d.mm.brk) as u64)
+    } else if place.moved {
+        // The image moved: the break starts after the program, at a random page offset,
+        // as the kernel starts the original's (linux `fs/binfmt_elf.c`, `load_elf_binary`,
+        // `arch_randomize_brk`).
+        let at = (place.program_end().next_multiple_of(4096) + place.brk_gap) as u64;
+        (at, at)
     } else {
         // SAFETY: brk(0) only reports the current break (linux `mm/mmap.c`, `brk`).
         let now = unsafe { crate::arch::syscall6(linux_raw_sys::general::__NR_brk, [0; 6]) } as u64;
         (now, now)
     };
     let map = MmMap {
-        start_code: d.mm.start_code,
-        end_code: d.mm.end_code,
-        start_data: d.mm.start_data,
-        end_data: d.mm.end_data,
+        start_code: place.at(d.mm.start_code) as u64,
+        end_code: place.at(d.mm.end_code) as u64,
+        start_data: place.at(d.mm.start_data) as u64,
+        end_data: place.at(d.mm.end_data) as u64,
         start_brk,
         brk,
         start_stack: st.sp as u64,

@@ -6,6 +6,7 @@
 //! that describe the executable are the stub's, so they are rewritten in place to the
 //! original program's values. The packed image lives far from any stack the kernel places,
 //! so the stack is never in the image's way.
+use crate::place::Place;
 use elfpack_stub::abi::Descriptor;
 use linux_raw_sys::auxvec as at;
 
@@ -91,6 +92,19 @@ impl InitialStack {
         unsafe { *self.envp.add(i) }
     }
 
+    /// A native word of this run's AT_RANDOM bytes (`index` 0 or 1 on x86-64, 0 to 3 on
+    /// i386).
+    pub fn random_word(&self, index: usize) -> usize {
+        const WORD: usize = core::mem::size_of::<usize>();
+        let p = self.aux(at::AT_RANDOM).unwrap_or(0);
+        if p == 0 {
+            crate::fail::fail("the kernel gave no AT_RANDOM", 0);
+        }
+        // SAFETY: AT_RANDOM points at 16 random bytes on the initial stack (linux
+        // `fs/binfmt_elf.c`, `create_elf_tables`); index * WORD + WORD <= 16 on both arches.
+        unsafe { ((p + index * WORD) as *const usize).read_unaligned() }
+    }
+
     /// Byte length of the NUL-terminated string at `p`.
     pub fn strlen(p: *const u8) -> usize {
         // SAFETY: argument, environment and descriptor strings are NUL-terminated.
@@ -119,10 +133,10 @@ impl InitialStack {
 /// Step 2: the auxv entries that describe the executable get the original program's values
 /// (ld.so reads them in `_dl_sysdep_start`, glibc `elf/dl-sysdep.c`; libc's
 /// `dl_iterate_phdr` and `getauxval` read them later).
-pub fn describe_program(st: &mut InitialStack, d: &Descriptor) {
-    st.set_aux(at::AT_PHDR, d.at_phdr as usize);
+pub fn describe_program(st: &mut InitialStack, d: &Descriptor, place: &Place) {
+    st.set_aux(at::AT_PHDR, place.at(d.at_phdr));
     st.set_aux(at::AT_PHNUM, d.at_phnum as usize);
     st.set_aux(at::AT_PHENT, d.at_phent as usize);
-    st.set_aux(at::AT_ENTRY, d.user_entry as usize);
-    st.set_aux(at::AT_BASE, d.at_base as usize);
+    st.set_aux(at::AT_ENTRY, place.at(d.user_entry));
+    st.set_aux(at::AT_BASE, place.at(d.at_base));
 }

@@ -1,7 +1,7 @@
 //! Step 6: the per-thread kernel registrations ld.so made before the snapshot point
 //! (glibc `sysdeps/nptl/dl-tls_init_tp.c`, `__tls_init_tp`): the thread pointer,
 //! `set_tid_address`, `set_robust_list`, `rseq`. A new process has none of them.
-use crate::{arch, arch::syscall6, fail};
+use crate::{arch, arch::syscall6, fail, place::Place};
 use elfpack_stub::abi::Descriptor;
 use linux_raw_sys::general as g;
 
@@ -9,13 +9,17 @@ use linux_raw_sys::general as g;
 /// (`sysdeps/unix/sysv/linux/rseq-internal.h`, RSEQ_CPU_ID_REGISTRATION_FAILED).
 const RSEQ_CPU_ID_REGISTRATION_FAILED: u32 = (-2i32) as u32;
 
-pub fn register(d: &Descriptor) {
-    let ret = arch::set_thread_pointer(&d.tls);
+pub fn register(d: &Descriptor, place: &Place) {
+    let tls = elfpack_stub::abi::Tls {
+        base: place.at(d.tls.base) as u64,
+        ..d.tls
+    };
+    let ret = arch::set_thread_pointer(&tls);
     if ret < 0 && ret > -4096 {
         fail::fail_with(
             "cannot install the thread pointer",
             &[
-                ("base", fail::Value::Addr(d.tls.base)),
+                ("base", fail::Value::Addr(tls.base)),
                 ("entry", fail::Value::Num(u64::from(d.tls.entry))),
             ],
             ret,
@@ -29,10 +33,10 @@ pub fn register(d: &Descriptor) {
         unsafe {
             let tid = syscall6(
                 g::__NR_set_tid_address,
-                [r.tid_address as usize, 0, 0, 0, 0, 0],
+                [place.at(r.tid_address), 0, 0, 0, 0, 0],
             );
             if r.tid_cache != 0 {
-                (r.tid_cache as usize as *mut i32).write(tid as i32);
+                (place.at(r.tid_cache) as *mut i32).write(tid as i32);
             }
         }
     }
@@ -42,7 +46,7 @@ pub fn register(d: &Descriptor) {
             syscall6(
                 g::__NR_set_robust_list,
                 [
-                    r.robust_list_head as usize,
+                    place.at(r.robust_list_head),
                     r.robust_list_len as usize,
                     0,
                     0,
@@ -58,7 +62,7 @@ pub fn register(d: &Descriptor) {
             syscall6(
                 g::__NR_rseq,
                 [
-                    r.rseq_area as usize,
+                    place.at(r.rseq_area),
                     r.rseq_len as usize,
                     0,
                     r.rseq_sig as usize,
@@ -74,14 +78,14 @@ pub fn register(d: &Descriptor) {
             // other users ask the kernel instead of reading the area.
             // SAFETY: `cpu_id` is the second u32 of `struct rseq`.
             unsafe {
-                ((r.rseq_area as usize + 4) as *mut u32).write(RSEQ_CPU_ID_REGISTRATION_FAILED)
+                ((place.at(r.rseq_area) + 4) as *mut u32).write(RSEQ_CPU_ID_REGISTRATION_FAILED)
             };
             if d.rseq_size != 0 {
                 // SAFETY: `rseq_size` is ld.so's `const unsigned int __rseq_size` (glibc
                 // `sysdeps/nptl/dl-tls_init_tp.c`, which writes it the same way); it lies in
                 // ld.so's RELRO, which the builder maps writable until `protect::seal`
                 // (builder `writer.rs`, `written`).
-                unsafe { (d.rseq_size as usize as *mut u32).write(0) };
+                unsafe { (place.at(d.rseq_size) as *mut u32).write(0) };
             }
         }
     }

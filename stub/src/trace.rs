@@ -38,12 +38,14 @@ pub fn start(st: &InitialStack) -> Option<u64> {
     wanted.then(now_ns)
 }
 
-/// Prints `elfpack: restore took N ns`.
-pub fn finish(t0: Option<u64>) {
+/// Prints `elfpack: restore took N ns, M relocations`.
+pub fn finish(t0: Option<u64>, relocations: usize) {
     let Some(t0) = t0 else { return };
     Line::new()
         .push(b"elfpack: restore took ")
         .push_u64(now_ns().saturating_sub(t0))
-        .push(b" ns")
+        .push(b" ns, ")
+        .push_u64(relocations as u64)
+        .push(b" relocations")
         .emit();
 }

@@ -5,13 +5,13 @@
 //! first bytes with an indirect jump through a slot. Here each slot gets this kernel's
 //! vDSO symbol of the same name, or a plain system call when there is no vDSO (qemu-user)
 //! or it lacks the symbol.
-use crate::{arch, desc, fail, stack::InitialStack};
+use crate::{arch, desc, fail, place::Place, stack::InitialStack};
 use elfpack_stub::abi::{vdso_fn, Descriptor, VdsoSlot};
 use elfpack_stub::vdso_elf::LiveVdso;
 use linux_raw_sys::auxvec as at;
 
 /// Step 4.
-pub fn connect(d: &'static Descriptor, st: &InitialStack) {
+pub fn connect(d: &'static Descriptor, st: &InitialStack, place: &Place) {
     let slots: &[VdsoSlot] = desc::table(d, d.vdso_slots);
     if slots.is_empty() {
         return;
@@ -35,8 +35,9 @@ pub fn connect(d: &'static Descriptor, st: &InitialStack) {
                     0,
                 )
             });
-        // SAFETY: slots are native words in writable pages of the image (builder
-        // `vdso.rs`), read only by the proxy's jumps.
-        unsafe { (s.slot as usize as *mut usize).write(target) };
+        // SAFETY: slots are native words in writable pages of the descriptor or, where the
+        // proxy reaches them rip-relative, of the image next to it (builder
+        // `descriptor.rs`), read only by the proxy's jumps.
+        unsafe { (place.at(s.slot) as *mut usize).write(target) };
     }
 }

@@ -50,6 +50,21 @@ pub struct Options {
     pub comparison: bool,
     /// Send the program's stderr to /dev/null.
     pub quiet: bool,
+    /// Answer a moved program's `brk` calls even when it is already where it goes, so that
+    /// its heap lies next to it in every capture of a build with address randomisation
+    /// (and moves with it).
+    pub emulate_brk: bool,
+    /// How far from the usual places the program and the window go: zero, or for the
+    /// capture that finds the relocations, the architecture's `probe_shift`.
+    pub shift: Shift,
+}
+
+/// Offsets of the program (when it is position-independent) and of the window from where
+/// a capture normally puts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shift {
+    pub program: u64,
+    pub window: u64,
 }
 
 /// What a capture hands to the analysis: the process image, the initial stack it was
@@ -128,12 +143,16 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, opts: &Options) -> Result<S
     let spec = prog.arch.spec();
     let mut s = start(t, mem, spec.word, spec.mask)?;
     let fake_brk = if prog.pie && !opts.at_entry {
-        steer::move_program(t, mem, spec, &mut s, prog.sanitizer.is_some())?
+        steer::move_program(t, mem, spec, &mut s, prog.sanitizer.is_some(), opts)?
     } else {
         None
     };
-    let window = steer::choose_window(&s.maps, &s.exe_path, &spec.steer)?;
-    let (ldso_base, cursor) = steer::move_vdso_and_ldso(t, mem, spec, &mut s, window.0)?;
+    // The window is chosen as if the program were where the other captures have it.
+    let unshifted = steer::shift_program(&s.maps, &s.exe_path, opts.shift.program.wrapping_neg());
+    let window = steer::choose_window(&unshifted, &s.exe_path, &spec.steer)?;
+    let (ldso_base, cursor) =
+        steer::move_vdso_and_ldso(t, mem, spec, &mut s, window.0, opts.shift.window)?;
+    let window = (window.0 + opts.shift.window, window.1 + opts.shift.window);
     stack::fix_random_and_vary(mem, &mut s.stack, spec.word, opts.comparison)?;
     let mut loader = handover::Loader {
         t,

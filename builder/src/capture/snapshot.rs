@@ -54,7 +54,15 @@ pub fn take(p: Parts, regs: &Regs, warnings: &mut Vec<Warning>) -> Result<Image>
     if let Some(warning) = tid_cache(p.mem, &mut rec, &tls)? {
         warnings.push(warning);
     }
-    let mm = mm_layout(p.pid, p.prog, &maps, &p.start.exe_path, &rec)?;
+    let mm = mm_layout(
+        p.pid,
+        p.prog,
+        &maps,
+        &p.start.exe_path,
+        &rec,
+        p.steering.brk_start,
+    )?;
+    let program_range = program_range(&maps, &p.start.exe_path);
     let interp = Path::new(&p.start.interp_path);
     let stack = &p.start.stack;
     Ok(Image {
@@ -84,7 +92,20 @@ pub fn take(p: Parts, regs: &Regs, warnings: &mut Vec<Warning>) -> Result<Image>
         stack_flags: stack_flags(p.prog, &maps, stack),
         read_implies_exec,
         objects,
+        program_range,
     })
+}
+
+/// The program's part of the image: its mappings, its bss and its heap (the emulated one
+/// lies right after the bss; the kernel's is `[heap]`).
+fn program_range(maps: &[Mapping], exe_path: &OsString) -> (u64, u64) {
+    let (lo, hi) = steer::program_extent(maps, exe_path);
+    let heap = maps
+        .iter()
+        .filter(|m| m.path == "[heap]" && m.start >= hi)
+        .map(|m| m.end)
+        .max();
+    (lo, heap.unwrap_or(hi).max(hi))
 }
 
 /// Refuses a capture whose mappings (but the program's, its bss, the heap and the stack)
@@ -278,8 +299,12 @@ fn mm_layout(
     maps: &[Mapping],
     exe_path: &OsString,
     rec: &Recorded,
+    emulated: Option<u64>,
 ) -> Result<abi::MmLayout> {
-    let start_brk = procfs::start_brk(pid)?;
+    let start_brk = match emulated {
+        Some(b) => b,
+        None => procfs::start_brk(pid)?,
+    };
     let brk = rec.brk.unwrap_or(start_brk).max(start_brk);
     let (start_brk, brk) = if brk > start_brk {
         (start_brk, brk)

@@ -47,8 +47,26 @@ pub fn stack_extent(maps: &[Mapping], sp: u64) -> Option<(u64, u64)> {
     Some((maps[lo].start, maps[hi].end))
 }
 
+/// `maps` with the program's extent moved by `delta` (wrapping).
+pub fn shift_program(maps: &[Mapping], exe_path: &OsStr, delta: u64) -> Vec<Mapping> {
+    let (lo, hi) = program_extent(maps, exe_path);
+    let mut out: Vec<Mapping> = maps
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            if lo <= m.start && m.end <= hi {
+                m.start = m.start.wrapping_add(delta);
+                m.end = m.end.wrapping_add(delta);
+            }
+            m
+        })
+        .collect();
+    out.sort_by_key(|m| m.start);
+    out
+}
+
 /// The program's extent: its file mappings and the anonymous mappings (bss) right after.
-fn program_extent(maps: &[Mapping], exe_path: &OsStr) -> (u64, u64) {
+pub fn program_extent(maps: &[Mapping], exe_path: &OsStr) -> (u64, u64) {
     let lo = maps
         .iter()
         .find(|m| m.path == exe_path)
@@ -188,19 +206,24 @@ pub fn move_program(
     spec: &ArchSpec,
     s: &mut Start,
     sanitizer: bool,
+    opts: &super::Options,
 ) -> Result<Option<u64>> {
     let base = if sanitizer {
         spec.steer.sanitizer_base
     } else {
         spec.steer.pie_base
     };
-    let Some(pie_base) = base else {
-        return Ok(None);
-    };
     let exe = object_mappings(&s.maps, &s.exe_path);
     let lo = exe.first().unwrap().start;
-    if lo == pie_base {
+    // Where the kernel put it, when the architecture has no place of its own for it.
+    let Some(pie_base) = base.or(opts.emulate_brk.then_some(lo)) else {
         return Ok(None);
+    };
+    let pie_base = pie_base + opts.shift.program;
+    if lo == pie_base {
+        return Ok(opts
+            .emulate_brk
+            .then(|| align_up(exe.last().unwrap().end, PAGE)));
     }
     let insn = find_syscall_insn(mem, &s.maps, spec, |m| m.path == s.interp_path)?;
     let delta = pie_base.wrapping_sub(lo);
@@ -227,6 +250,7 @@ pub fn move_vdso_and_ldso(
     spec: &ArchSpec,
     s: &mut Start,
     window_lo: u64,
+    shift: u64,
 ) -> Result<(u64, u64)> {
     let word = spec.word;
     let Some(v) = s.maps.iter().find(|m| m.path == "[vdso]").cloned() else {
@@ -235,10 +259,17 @@ pub fn move_vdso_and_ldso(
         ));
     };
     let ldso = object_mappings(&s.maps, &s.interp_path);
+    // Places are computed where an unshifted capture has them, then shifted.
     let mut next = window_lo;
     let insn = find_syscall_insn(mem, &s.maps, spec, |m| m.path == s.interp_path)?;
-    move_mapping(t, spec, insn, &v, next)?;
-    stack::set_aux(mem, &mut s.stack, word, stack::AT_SYSINFO_EHDR, next)?;
+    move_mapping(t, spec, insn, &v, next + shift)?;
+    stack::set_aux(
+        mem,
+        &mut s.stack,
+        word,
+        stack::AT_SYSINFO_EHDR,
+        next + shift,
+    )?;
     // i386: the system-call entry __kernel_vsyscall moves with the vDSO.
     let vsyscall = s.stack.aux(stack::AT_SYSINFO);
     if let Some(entry) = vsyscall.filter(|&e| e >= v.start && e < v.end) {
@@ -247,7 +278,7 @@ pub fn move_vdso_and_ldso(
             &mut s.stack,
             word,
             stack::AT_SYSINFO,
-            entry - v.start + next,
+            entry - v.start + next + shift,
         )?;
     }
     next = align_up(next + (v.end - v.start) + GAP, NEXT_ALIGN);
@@ -256,15 +287,17 @@ pub fn move_vdso_and_ldso(
     let insn = find_syscall_insn(mem, &maps, spec, |m| m.path == "[vdso]")?;
     let lo = ldso.first().unwrap().start;
     let hi = ldso.last().unwrap().end;
-    let delta = next - lo;
+    // ld.so moves down (wrapping arithmetic).
+    let delta = (next + shift).wrapping_sub(lo);
     for m in &ldso {
-        move_mapping(t, spec, insn, m, m.start + delta)?;
+        move_mapping(t, spec, insn, m, m.start.wrapping_add(delta))?;
     }
-    let ldso_base = s.at_base + delta;
+    let ldso_base = s.at_base.wrapping_add(delta);
     stack::set_aux(mem, &mut s.stack, word, stack::AT_BASE, ldso_base)?;
-    s.regs.rip = (s.regs.rip + delta) & spec.mask;
+    s.regs.rip = s.regs.rip.wrapping_add(delta) & spec.mask;
     t.set_regs(s.regs)?;
-    Ok((ldso_base, align_up(hi + delta + GAP, NEXT_ALIGN)))
+    let end = hi.wrapping_add(delta) - shift;
+    Ok((ldso_base, align_up(end + GAP, NEXT_ALIGN) + shift))
 }
 
 /// The steering while ld.so runs: the next mmap hint, and the emulated break.
@@ -274,6 +307,8 @@ pub struct Steering {
     pub window: (u64, u64),
     /// The emulated program break, when the program was moved.
     pub fake_brk: Option<u64>,
+    /// Where the emulated break started.
+    pub brk_start: Option<u64>,
     /// The hint given to the mmap in progress, and its length.
     pending_hint: Option<(u64, u64)>,
     /// An answered `brk`: the requested break, and whether it was turned into an mmap.
@@ -286,6 +321,7 @@ impl Steering {
             cursor,
             window,
             fake_brk,
+            brk_start: fake_brk,
             pending_hint: None,
             pending_brk: None,
         }

@@ -299,5 +299,9 @@ pub fn vdso_fallback(func: u32, st: &crate::stack::InitialStack) -> Option<usize
 /// three arguments (glibc `sysdeps/unix/sysv/linux/x86/dl-minsigstacksize.h`).
 pub const SIGFRAME_SIZE: u32 = 736 + 112 + 4 + 3 * 4;
 
+/// `mmap2`, whose offset counts pages: i386's plain `mmap` takes its arguments in memory
+/// (linux `arch/x86/entry/syscalls/syscall_32.tbl`, `old_mmap`).
+pub const NR_MMAP: u32 = linux_raw_sys::general::__NR_mmap2;
+
 use core::arch::x86::__cpuid_count;
 include!("cpuid.rs");

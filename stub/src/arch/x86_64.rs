@@ -176,5 +176,8 @@ pub fn vdso_fallback(func: u32, _st: &crate::stack::InitialStack) -> Option<usiz
 /// `sysdeps/unix/sysv/linux/x86/dl-minsigstacksize.h`).
 pub const SIGFRAME_SIZE: u32 = 440 + 8;
 
+/// `mmap` with a byte offset (linux `arch/x86/entry/syscalls/syscall_64.tbl`).
+pub const NR_MMAP: u32 = linux_raw_sys::general::__NR_mmap;
+
 use core::arch::x86_64::__cpuid_count;
 include!("cpuid.rs");
