@@ -148,6 +148,8 @@ pub struct Image {
     pub objects: Vec<Object>,
     /// The program's part of the image `[lo, hi)`: its mappings, bss and heap.
     pub program_range: (u64, u64),
+    /// How far the capture moved the program from where the first capture has it.
+    pub program_shift: u64,
 }
 
 impl Image {
@@ -238,6 +240,7 @@ impl Image {
             read_implies_exec: false,
             objects: vec![],
             program_range: (0, 0),
+            program_shift: 0,
         }
     }
 }

@@ -283,6 +283,9 @@ fn analyse(o: &Options, p: &Prepared) -> Result<(Analysed, Vec<String>, Vec<Warn
     let mut aslr = analysed.aslr;
     if let Some(a) = aslr.as_mut() {
         a.forget(&reset);
+        if p.program.pie && !a.program_moves {
+            all.push(Warning::ProgramStays);
+        }
     }
     Ok((
         Analysed {

@@ -108,6 +108,11 @@ pub fn encode(addrs: &[u64], word: u64) -> Vec<u64> {
 /// Compares the first capture `a` with `b`, made with the program and the window moved by
 /// `shift`, and returns the parts and the relocations.
 pub fn find(a: &Image, b: &Image, shift: Shift) -> Result<Aslr> {
+    // Where there was no room to move the program, it stays in the output too.
+    let shift = Shift {
+        program: b.program_shift,
+        ..shift
+    };
     let program = a.program_range;
     let delta = |p: Part| match p {
         Part::Program => shift.program,
@@ -125,10 +130,18 @@ pub fn find(a: &Image, b: &Image, shift: Shift) -> Result<Aslr> {
             "address randomisation: two captures at different places differ in {what}; pack with --no-aslr to keep the captured layout"
         )
     };
-    if b.program_range != (program.0 + shift.program, program.1 + shift.program)
-        || a.regions.len() != b.regions.len()
-    {
-        return Err(differ("layout"));
+    if b.program_range != (program.0 + shift.program, program.1 + shift.program) {
+        return Err(differ(&format!(
+            "the program's range ({:#x}-{:#x}, then {:#x}-{:#x})",
+            program.0, program.1, b.program_range.0, b.program_range.1
+        )));
+    }
+    if a.regions.len() != b.regions.len() {
+        return Err(differ(&format!(
+            "layout ({} regions, then {})",
+            a.regions.len(),
+            b.regions.len()
+        )));
     }
     let by_start: HashMap<u64, &Region> = b.regions.iter().map(|r| (r.start, r)).collect();
     let mask = a.arch.spec().mask;
@@ -145,7 +158,15 @@ pub fn find(a: &Image, b: &Image, shift: Shift) -> Result<Aslr> {
         let rb = by_start
             .get(&(ra.start + d))
             .filter(|rb| rb.end == ra.end + d && rb.prot == ra.prot)
-            .ok_or_else(|| differ("layout"))?;
+            .ok_or_else(|| {
+                differ(&format!(
+                    "layout (nothing like {:#x}-{:#x}, {}, at {:#x})",
+                    ra.start,
+                    ra.end,
+                    ra.origin,
+                    ra.start + d
+                ))
+            })?;
         let (da, db) = match (&ra.data, &rb.data) {
             (None, None) => continue,
             (Some(da), Some(db)) => (da, db),
@@ -342,6 +363,7 @@ mod tests {
         let a = image(0x10_0000, &[7, 0x1800, 0x10_0010, 0x10_0000]);
         let mut b = image(0x30_0000, &[7, 0x4800, 0x30_0010, 0x30_0000]);
         b.program_range = (0x4000, 0x5000);
+        b.program_shift = 0x3000;
         let found = find(&a, &b, shift).unwrap();
         assert_eq!(
             found.relocs,
@@ -355,6 +377,7 @@ mod tests {
         // A word that changed by something else is refused.
         let mut c = image(0x30_0000, &[8, 0x4800, 0x30_0010, 0x30_0000]);
         c.program_range = (0x4000, 0x5000);
+        c.program_shift = 0x3000;
         let err = find(&a, &c, shift).unwrap_err().to_string();
         assert!(err.contains("--no-aslr"), "{err}");
     }

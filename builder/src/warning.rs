@@ -31,6 +31,9 @@ pub enum Warning {
     BoundAtCapture(String),
     /// `--untested-glibc` packed a glibc outside the tested versions.
     UntestedGlibc(String),
+    /// A position-independent program whose size left no room to capture it at a second
+    /// place stays at its captured address in every run; the rest still moves.
+    ProgramStays,
 }
 
 impl Warning {
@@ -43,6 +46,7 @@ impl Warning {
                 | Warning::OriginKept { .. }
                 | Warning::BoundAtCapture(_)
                 | Warning::UntestedGlibc(_)
+                | Warning::ProgramStays
         )
     }
 
@@ -102,6 +106,10 @@ impl fmt::Display for Warning {
             Warning::BoundAtCapture(why) => write!(
                 f,
                 "{why}; every symbol was bound at capture instead (LD_BIND_NOW), so a later dlopen(RTLD_LAZY) binds all its symbols at once"
+            ),
+            Warning::ProgramStays => write!(
+                f,
+                "the program is too large to be captured at a second place, so it stays at its captured address in every run (ld.so and the libraries still move)"
             ),
         }
     }

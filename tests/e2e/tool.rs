@@ -31,7 +31,7 @@ fn inspect_json_describes_the_packed_fixture() {
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["schema"], "elfpack-inspect/1");
-    assert_eq!(v["format_version"], 4);
+    assert_eq!(v["format_version"], 5);
     assert_eq!(v["arch"], "x86-64");
     assert_eq!(v["cpu_level"], "x86-64 baseline");
     assert_eq!(
@@ -185,8 +185,11 @@ fn nm_addr(file: &Path, name: &str) -> Option<u64> {
 #[test]
 fn symbols_name_functions_at_their_packed_addresses() {
     for arch in [Arch::X86_64, Arch::I386] {
+        // Without randomisation (as gdb runs a program) the image is where its symbols
+        // say; otherwise each part has moved by its slide, and perf maps samples through
+        // the file offsets of the mappings.
         let packed = packed(&fixture(&format!("fixture-{}-pie", arch.tag())), &[]);
-        let placed = Placed::new(&packed, Mode::Native, arch);
+        let placed = Placed::new(&packed, Mode::NoAslr, arch);
         let r = placed.run(&["addrs"], b"", None);
         let parse = |key: &str| {
             let v = r

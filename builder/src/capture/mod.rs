@@ -136,6 +136,7 @@ fn start(t: &Tracee, mem: &Memory, word: usize, mask: u64) -> Result<steer::Star
         at_base,
         interp_path,
         exe_path,
+        program_shift: 0,
     })
 }
 
@@ -148,7 +149,7 @@ fn run(t: &mut Tracee, prog: &Program, mem: &Memory, opts: &Options) -> Result<S
         None
     };
     // The window is chosen as if the program were where the other captures have it.
-    let unshifted = steer::shift_program(&s.maps, &s.exe_path, opts.shift.program.wrapping_neg());
+    let unshifted = steer::shift_program(&s.maps, &s.exe_path, s.program_shift.wrapping_neg());
     let window = steer::choose_window(&unshifted, &s.exe_path, &spec.steer)?;
     let (ldso_base, cursor) =
         steer::move_vdso_and_ldso(t, mem, spec, &mut s, window.0, opts.shift.window)?;

@@ -93,6 +93,7 @@ pub fn take(p: Parts, regs: &Regs, warnings: &mut Vec<Warning>) -> Result<Image>
         read_implies_exec,
         objects,
         program_range,
+        program_shift: p.start.program_shift,
     })
 }
 

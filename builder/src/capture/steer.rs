@@ -66,6 +66,8 @@ pub fn shift_program(maps: &[Mapping], exe_path: &OsStr, delta: u64) -> Vec<Mapp
 }
 
 /// The program's extent: its file mappings and the anonymous mappings (bss) right after.
+/// A moved bss that now holds the kernel's (empty) break is named `[heap]` in the maps
+/// (linux `fs/proc/task_mmu.c`), and counts too.
 pub fn program_extent(maps: &[Mapping], exe_path: &OsStr) -> (u64, u64) {
     let lo = maps
         .iter()
@@ -73,7 +75,8 @@ pub fn program_extent(maps: &[Mapping], exe_path: &OsStr) -> (u64, u64) {
         .map_or(0, |m| m.start);
     let mut hi = lo;
     for m in maps.iter().filter(|m| m.start >= lo) {
-        if m.path == exe_path || (m.path.is_empty() && m.start == hi) {
+        let anonymous = m.path.is_empty() || m.path == "[heap]";
+        if m.path == exe_path || (anonymous && m.start == hi) {
             hi = hi.max(m.end);
         } else if m.start > hi {
             break;
@@ -145,6 +148,22 @@ pub fn choose_window(maps: &[Mapping], exe_path: &OsStr, steer: &Steer) -> Resul
     Ok((a, b.min(a + steer.window_size)))
 }
 
+/// The lowest free range of `len` bytes above [`FLOOR`] and below `top` that no mapping
+/// uses and that does not meet `avoid`.
+fn free_range(maps: &[Mapping], len: u64, avoid: (u64, u64), top: u64) -> Option<u64> {
+    let mut used: Vec<(u64, u64)> = maps.iter().map(|m| (m.start, m.end)).collect();
+    used.push(avoid);
+    used.sort_unstable();
+    let mut at = FLOOR;
+    for (a, b) in used {
+        if a >= at + len {
+            break;
+        }
+        at = at.max(align_up(b, PAGE));
+    }
+    (at + len <= top).then_some(at)
+}
+
 /// Finds a system-call instruction inside an executable mapping that `pick` selects.
 fn find_syscall_insn(
     mem: &Memory,
@@ -187,6 +206,9 @@ pub struct Start {
     pub at_base: u64,
     pub interp_path: std::ffi::OsString,
     pub exe_path: std::ffi::OsString,
+    /// How far the program was moved from its usual place (the capture's `shift`, or 0
+    /// when there was no room to move it there).
+    pub program_shift: u64,
 }
 
 /// Moves a position-independent program to the architecture's `pie_base`, or for a
@@ -220,6 +242,7 @@ pub fn move_program(
         return Ok(None);
     };
     let pie_base = pie_base + opts.shift.program;
+    s.program_shift = opts.shift.program;
     if lo == pie_base {
         return Ok(opts
             .emulate_brk
@@ -227,8 +250,33 @@ pub fn move_program(
     }
     let insn = find_syscall_insn(mem, &s.maps, spec, |m| m.path == s.interp_path)?;
     let delta = pie_base.wrapping_sub(lo);
-    for m in &exe {
-        move_mapping(t, spec, insn, m, m.start.wrapping_add(delta))?;
+    let hi = exe.last().unwrap().end;
+    let (to_lo, to_hi) = (pie_base, hi.wrapping_add(delta));
+    if to_lo < hi && lo < to_hi {
+        // A move by less than the program's size (the relocation capture's shift of a
+        // large program): mremap refuses overlapping ranges, so it goes through a free
+        // range first.
+        let Some(scratch) = free_range(&s.maps, hi - lo, (to_lo, to_hi), spec.steer.top) else {
+            // No room (a huge i386 bss): the program stays, and so stays in the output.
+            s.program_shift = 0;
+            return Ok(opts.emulate_brk.then(|| align_up(hi, PAGE)));
+        };
+        for m in &exe {
+            move_mapping(t, spec, insn, m, m.start - lo + scratch)?;
+        }
+        for m in &exe {
+            let at = m.start - lo + scratch;
+            let moved = Mapping {
+                start: at,
+                end: at + (m.end - m.start),
+                ..m.clone()
+            };
+            move_mapping(t, spec, insn, &moved, m.start.wrapping_add(delta))?;
+        }
+    } else {
+        for m in &exe {
+            move_mapping(t, spec, insn, m, m.start.wrapping_add(delta))?;
+        }
     }
     s.at_phdr = s.at_phdr.wrapping_add(delta);
     s.at_entry = s.at_entry.wrapping_add(delta);
@@ -386,11 +434,13 @@ impl Steering {
     /// when the kernel did not take the hint.
     pub fn after_mmap(&mut self, spec: &ArchSpec, r: &Regs) -> Option<Warning> {
         let (hint, len) = self.pending_hint.take()?;
-        let got = spec.ret(r.rax);
-        if got < 0 {
+        // Only -4095..-1 are errors: an i386 address above 2 GiB comes back
+        // sign-extended, negative as a number.
+        let ret = spec.ret(r.rax);
+        if (-4095..0).contains(&ret) {
             return None;
         }
-        let got = got as u64;
+        let got = ret as u64 & spec.mask;
         // The next hint is the page right after: libraries and ld.so's own mappings sit
         // back to back, so the image has few holes and few segments.
         self.cursor = self.cursor.max(align_up(got + len, PAGE));
