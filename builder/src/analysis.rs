@@ -64,9 +64,12 @@ pub fn combine(
     moved: Option<(Prepared, Shift)>,
     argc_probe: Option<u64>,
 ) -> Result<Analysed> {
-    let mut aslr = match moved {
-        Some((m, shift)) => Some(relocs::find(&first.image, &m.image, shift)?),
-        None => None,
+    let (mut aslr, odd) = match moved {
+        Some((m, shift)) => {
+            let (a, odd) = relocs::find(&first.image, &m.image, shift)?;
+            (Some(a), odd)
+        }
+        None => (None, Vec::new()),
     };
     let aux_values = fixups::aux_values(&first.image, &second.image, &first.stack, &second.stack);
     let (mut image, mut fixups) = (first.image, first.fixups);
@@ -85,6 +88,7 @@ pub fn combine(
     fixups.extend(aux_values);
     fixups.sort_by_key(|f| f.addr);
     let (vdso, unknown_vdso) = vdso::find_entries(&image)?;
+    relocs::explain(&odd, &varying, &image)?;
     if let Some(a) = aslr.as_mut() {
         // Zeroed words stay zero, and the stub writes each fixup's word afresh.
         a.forget(&varying);

@@ -105,9 +105,14 @@ pub fn encode(addrs: &[u64], word: u64) -> Vec<u64> {
     out
 }
 
+/// A word that changed between the captures by neither shift: its address and its two
+/// values.
+pub type Odd = (u64, u64, u64);
+
 /// Compares the first capture `a` with `b`, made with the program and the window moved by
-/// `shift`, and returns the parts and the relocations.
-pub fn find(a: &Image, b: &Image, shift: Shift) -> Result<Aslr> {
+/// `shift`, and returns the parts, the relocations and the words that changed otherwise
+/// (which [`explain`] checks).
+pub fn find(a: &Image, b: &Image, shift: Shift) -> Result<(Aslr, Vec<Odd>)> {
     // Where there was no room to move the program, it stays in the output too.
     let shift = Shift {
         program: b.program_shift,
@@ -147,7 +152,7 @@ pub fn find(a: &Image, b: &Image, shift: Shift) -> Result<Aslr> {
     let mask = a.arch.spec().mask;
     let w = a.arch.word();
     let mut relocs = Vec::new();
-    let mut odd: Vec<u64> = Vec::new();
+    let mut odd: Vec<Odd> = Vec::new();
     let mut window = (u64::MAX, 0);
     for ra in &a.regions {
         let p = part(ra);
@@ -191,7 +196,7 @@ pub fn find(a: &Image, b: &Image, shift: Shift) -> Result<Aslr> {
             } else if diff == shift.window & mask {
                 Part::Window
             } else {
-                odd.push(addr);
+                odd.push((addr, word(wa), word(wb)));
                 continue;
             };
             if ra.prot & PROT_EXEC != 0 && !a.read_implies_exec {
@@ -202,13 +207,6 @@ pub fn find(a: &Image, b: &Image, shift: Shift) -> Result<Aslr> {
             }
             relocs.push((addr, to));
         }
-    }
-    if let Some(&first) = odd.first() {
-        let origin = a.region_of(first).map_or("?", |r| r.origin.as_str());
-        return Err(unpackable!(
-            "address randomisation: {} word(s) change with the image's place in a way a slide cannot redo (the first at {first:#x}, in {origin}); pack with --no-aslr to keep the captured layout",
-            odd.len()
-        ));
     }
     let aslr = Aslr {
         program,
@@ -231,7 +229,30 @@ pub fn find(a: &Image, b: &Image, shift: Shift) -> Result<Aslr> {
             "the capture at other places resumed elsewhere than expected"
         ));
     }
-    Ok(aslr)
+    Ok((aslr, odd))
+}
+
+/// Refuses words that changed with the image's place by neither shift, unless they vary
+/// between any two runs anyway (`varying`: a thread ID, a time stamp), which the image
+/// holds as zero.
+pub fn explain(odd: &[Odd], varying: &[u64], a: &Image) -> Result<()> {
+    let odd: Vec<Odd> = odd
+        .iter()
+        .filter(|(addr, _, _)| !varying.contains(addr))
+        .copied()
+        .collect();
+    if let Some(&(first, va, vb)) = odd.first() {
+        let origin = a
+            .region_of(first)
+            .map(|r| r.origin.as_str())
+            .filter(|o| !o.is_empty())
+            .unwrap_or("an anonymous mapping");
+        return Err(unpackable!(
+            "address randomisation: {} word(s) change with the image's place in a way a slide cannot redo (the first at {first:#x}, in {origin}: {va:#x}, and {vb:#x} at the other place); pack with --no-aslr to keep the captured layout",
+            odd.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Whether two regions' bytes are equal; the same file range is, without reading it.
@@ -364,7 +385,8 @@ mod tests {
         let mut b = image(0x30_0000, &[7, 0x4800, 0x30_0010, 0x30_0000]);
         b.program_range = (0x4000, 0x5000);
         b.program_shift = 0x3000;
-        let found = find(&a, &b, shift).unwrap();
+        let (found, odd) = find(&a, &b, shift).unwrap();
+        assert!(odd.is_empty());
         assert_eq!(
             found.relocs,
             vec![
@@ -374,11 +396,18 @@ mod tests {
             ]
         );
         assert_eq!(found.window, (0x10_0000, 0x10_0020));
-        // A word that changed by something else is refused.
+        // A word that changed by something else is refused, unless it varies from run to
+        // run anyway.
         let mut c = image(0x30_0000, &[8, 0x4800, 0x30_0010, 0x30_0000]);
         c.program_range = (0x4000, 0x5000);
         c.program_shift = 0x3000;
-        let err = find(&a, &c, shift).unwrap_err().to_string();
-        assert!(err.contains("--no-aslr"), "{err}");
+        let (_, odd) = find(&a, &c, shift).unwrap();
+        assert_eq!(odd, vec![(0x10_0000, 7, 8)]);
+        let err = explain(&odd, &[], &a).unwrap_err().to_string();
+        assert!(
+            err.contains("--no-aslr") && err.contains("0x100000"),
+            "{err}"
+        );
+        assert!(explain(&odd, &[0x10_0000], &a).is_ok());
     }
 }

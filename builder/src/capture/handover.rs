@@ -211,12 +211,24 @@ impl Loader<'_> {
                 }
             }
             Some(enter) => {
-                if let Some(r2) = self.steering.brk_result(&r) {
-                    self.t.set_regs(r2)?;
+                let mut out = if let Some(r2) = self.steering.brk_result(&r) {
+                    Some(r2)
                 } else {
                     record(rec, self.spec, &enter, &r, self.mem)?;
                     self.warnings
                         .extend(self.steering.after_mmap(self.spec, &r));
+                    None
+                };
+                // A rewritten call gets its own argument registers back: the kernel
+                // preserves them, and code after an i386 `int $0x80` keeps using them
+                // (glibc's `__brk` reads its GOT pointer from %edx).
+                let args = self.spec.args(&enter);
+                if self.spec.args(&r) != args {
+                    let r2 = out.get_or_insert(r);
+                    self.spec.set_args(r2, args);
+                }
+                if let Some(r2) = out {
+                    self.t.set_regs(r2)?;
                 }
             }
         }
