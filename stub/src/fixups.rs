@@ -1,4 +1,4 @@
-//! Step 5: the words of the image that held capture-time values which differ per run.
+//! Step 6: the words of the image that held capture-time values which differ per run.
 //!
 //! ld.so stored pointers into its initial stack while starting (`_dl_argv`,
 //! `__libc_stack_end`, `__environ`, GLRO(dl_auxv), `_dl_platform`, ...; glibc
@@ -119,7 +119,7 @@ fn value(d: &'static Descriptor, st: &InitialStack, f: &Fixup) -> usize {
     }
 }
 
-/// Step 5.
+/// Step 6.
 pub fn apply(d: &'static Descriptor, st: &InitialStack, place: &Place) {
     let secure = st.aux(at::AT_SECURE).unwrap_or(0) != 0;
     for f in desc::table::<Fixup>(d, d.fixups) {

@@ -1,4 +1,4 @@
-//! Step 3 (and 7): the program break, and the mm's argument and environment ranges.
+//! Step 4: the program break, and the mm's argument and environment ranges.
 //!
 //! `prctl(PR_SET_MM, PR_SET_MM_MAP)` sets all of the mm's layout fields in one call and
 //! needs no privilege when it does not change the exe file (linux `kernel/sys.c`,
@@ -8,9 +8,10 @@
 //!
 //! The break: normally nothing used the heap before the snapshot (libc's `__curbrk` is
 //! still NULL; glibc `misc/sbrk.c`), so the program keeps the break the kernel gave this
-//! run, randomised as for any program, and malloc starts its heap there. When the image
-//! holds a heap (captured at the entry point, after initializers ran), the break is put
-//! back at its end. Where the prctl fails (qemu-user, kernels without
+//! run, randomised as for any program, and malloc starts its heap there; when the image
+//! moved (`place.rs`), the break goes after the moved program at a random offset, as the
+//! kernel places the original's. When the image holds a heap (captured at the entry
+//! point, after initializers ran), the break is put back at its end. Where the prctl fails (qemu-user, kernels without
 //! CONFIG_CHECKPOINT_RESTORE), the kernel's break stays.
 use crate::{place::Place, stack::InitialStack, sys};
 use elfpack_stub::abi::Descriptor;
@@ -37,7 +38,7 @@ struct MmMap {
 }
 const _: () = assert!(core::mem::size_of::<MmMap>() == 104);
 
-/// Steps 3 and 7 in one system call. Returns whether the kernel took the map.
+/// Step 4, in one system call. Returns whether the kernel took the map.
 pub fn restore_brk_and_ranges(d: &Descriptor, st: &InitialStack, place: &Place) -> bool {
     let (arg_start, arg_end, env_start, env_end) = st.strings_end();
     let (start_brk, brk) = if d.mm.brk != 0 {

@@ -1,4 +1,4 @@
-//! Step 3b: the environment of a secure (setuid, setgid, file-capability) run.
+//! Step 4b: the environment of a secure (setuid, setgid, file-capability) run.
 //!
 //! When the kernel sets AT_SECURE, glibc's ld.so removes the variables that could steer a
 //! privileged program before any of the program's code runs (glibc `elf/rtld.c`,
@@ -103,7 +103,7 @@ fn filter_tunables(entry: *mut u8) {
     }
 }
 
-/// Step 3b: under AT_SECURE, the environment ld.so would have left to a secure program.
+/// Step 4b: under AT_SECURE, the environment ld.so would have left to a secure program.
 pub fn scrub_environment(st: &mut InitialStack) {
     if st.aux(at::AT_SECURE).unwrap_or(0) == 0 {
         return;

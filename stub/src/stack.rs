@@ -130,7 +130,7 @@ impl InitialStack {
     }
 }
 
-/// Step 2: the auxv entries that describe the executable get the original program's values
+/// Step 3: the auxv entries that describe the executable get the original program's values
 /// (ld.so reads them in `_dl_sysdep_start`, glibc `elf/dl-sysdep.c`; libc's
 /// `dl_iterate_phdr` and `getauxval` read them later).
 pub fn describe_program(st: &mut InitialStack, d: &Descriptor, place: &Place) {

@@ -1,4 +1,4 @@
-//! Step 6: the per-thread kernel registrations ld.so made before the snapshot point
+//! Step 7: the per-thread kernel registrations ld.so made before the snapshot point
 //! (glibc `sysdeps/nptl/dl-tls_init_tp.c`, `__tls_init_tp`): the thread pointer,
 //! `set_tid_address`, `set_robust_list`, `rseq`. A new process has none of them.
 use crate::{arch, arch::syscall6, fail, place::Place};

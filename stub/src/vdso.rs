@@ -1,4 +1,4 @@
-//! Step 4: makes every vDSO function the image refers to work on this kernel.
+//! Step 5: makes every vDSO function the image refers to work on this kernel.
 //!
 //! The image holds a copy of the capture-time vDSO (so ld.so's link map of it, its symbol
 //! table and its unwind tables stay valid), in which the builder replaced each function's
@@ -10,7 +10,7 @@ use elfpack_stub::abi::{vdso_fn, Descriptor, VdsoSlot};
 use elfpack_stub::vdso_elf::LiveVdso;
 use linux_raw_sys::auxvec as at;
 
-/// Step 4.
+/// Step 5.
 pub fn connect(d: &'static Descriptor, st: &InitialStack, place: &Place) {
     let slots: &[VdsoSlot] = desc::table(d, d.vdso_slots);
     if slots.is_empty() {
