@@ -132,12 +132,12 @@ fn describe(o: &mut String, path: &Path, m: &Meta) {
         match (a.enabled, a.program_moves) {
             (false, _) => "off (the captured layout at every run)".to_string(),
             (true, true) => format!(
-                "on (the program by {} bits, ld.so and the libraries where mmap puts them; {} relocations)",
-                a.program_bits, a.relocations
+                "on (the program by {} bits, ld.so and the libraries where mmap puts them; {} relocations in {} pages)",
+                a.program_bits, a.relocations, a.relocated_pages
             ),
             (true, false) => format!(
-                "on (ld.so and the libraries where mmap puts them; the program is not position-independent and stays; {} relocations)",
-                a.relocations
+                "on (ld.so and the libraries where mmap puts them; the program is not position-independent and stays; {} relocations in {} pages)",
+                a.relocations, a.relocated_pages
             ),
         }
     );

@@ -49,6 +49,9 @@ pub struct AslrInfo {
     pub program_bits: u32,
     /// Words the stub relocates at every run.
     pub relocations: u64,
+    /// The pages they lie in: the pages each instance writes, and so does not share.
+    #[serde(default)]
+    pub relocated_pages: u64,
 }
 
 impl AslrInfo {
@@ -58,6 +61,11 @@ impl AslrInfo {
             program_moves: a.program_moves,
             program_bits: if a.program_moves { a.rnd_bits } else { 0 },
             relocations: a.relocs.len() as u64,
+            relocated_pages: {
+                let mut pages: Vec<u64> = a.relocs.iter().map(|&(addr, _)| addr >> 12).collect();
+                pages.dedup();
+                pages.len() as u64
+            },
         })
     }
 }

@@ -208,6 +208,7 @@ pub fn find(a: &Image, b: &Image, shift: Shift) -> Result<(Aslr, Vec<Odd>)> {
             relocs.push((addr, to));
         }
     }
+    relocs.sort_unstable_by_key(|&(addr, _)| addr);
     let aslr = Aslr {
         program,
         window,
