@@ -47,7 +47,7 @@ impl Part {
 pub struct Place {
     program: Part,
     window: Part,
-    /// Whether anything moved.
+    /// Whether the image moved (the break then goes after the program).
     pub moved: bool,
     /// A random page offset for the start of the program break, when the image moved.
     pub brk_gap: usize,
@@ -74,17 +74,26 @@ impl Place {
         }
     }
 
-    /// Where the word or object captured at `addr` is in this run: an address inside one
-    /// of the image's parts moves with it; any other (0, the stub's, the stack's) stays.
-    pub fn at(&self, addr: u64) -> usize {
-        let slide = if self.program.holds(addr) {
+    /// How far the part that holds `addr` moved (0 for an address in neither).
+    fn slide(&self, addr: u64) -> usize {
+        if self.program.holds(addr) {
             self.program.slide
         } else if self.window.holds(addr) {
             self.window.slide
         } else {
             0
-        };
-        (addr as usize).wrapping_add(slide)
+        }
+    }
+
+    /// Where the word or object captured at `addr` is in this run: an address inside one
+    /// of the image's parts moves with it; any other (0, the stub's, the stack's) stays.
+    pub fn at(&self, addr: u64) -> usize {
+        (addr as usize).wrapping_add(self.slide(addr))
+    }
+
+    /// Whether the part that holds `addr` moved in this run.
+    pub fn part_moved(&self, addr: u64) -> bool {
+        self.slide(addr) != 0
     }
 
     /// The captured end of the program part, in this run.
@@ -117,8 +126,10 @@ fn random(st: &InitialStack) -> u64 {
 }
 
 /// Reserves `len` bytes with no access, at `hint` if that range is free, else where the
-/// kernel chooses; returns the address.
-fn reserve(hint: usize, len: usize) -> usize {
+/// kernel chooses; returns the address, or `None` when the kernel has no room (an address
+/// space limit, `ulimit -v`, counts the reservation while the image is still mapped where
+/// the file put it).
+fn reserve(hint: usize, len: usize) -> Option<usize> {
     let flags = (g::MAP_PRIVATE | g::MAP_ANONYMOUS | g::MAP_NORESERVE) as usize;
     // SAFETY: a new anonymous mapping without MAP_FIXED replaces nothing (linux
     // `mm/mmap.c`, `do_mmap`: a hint is only taken when the range is free).
@@ -128,8 +139,7 @@ fn reserve(hint: usize, len: usize) -> usize {
             [hint, len, g::PROT_NONE as usize, flags, usize::MAX, 0],
         )
     };
-    fail::check(r, "cannot reserve room for the image");
-    r as usize
+    (!(-4095..0).contains(&r)).then_some(r as usize)
 }
 
 /// Step 2: chooses this run's places, moves the image there and relocates it.
@@ -140,19 +150,29 @@ pub fn randomise(d: &'static Descriptor, st: &InitialStack) -> Place {
         return place;
     }
     let len = |p: &Part| (p.hi - p.lo) as usize;
-    let w = reserve(0, len(&place.window));
-    place.window.slide = w.wrapping_sub(a.window_lo as usize);
+    // Where there is no room, the part stays where the file put it: the program runs as
+    // packed with --no-aslr rather than not at all.
+    if let Some(w) = reserve(0, len(&place.window)) {
+        place.window.slide = w.wrapping_sub(a.window_lo as usize);
+    }
     let r = random(st);
     if a.flags & ASLR_PROGRAM_MOVES != 0 {
         let pages = (r & ((1u64 << a.program_bits) - 1)) as usize;
         let hint = (a.program_lo as usize).wrapping_add(pages * PAGE);
-        let p = reserve(hint, len(&place.program));
-        place.program.slide = p.wrapping_sub(a.program_lo as usize);
+        if let Some(p) = reserve(hint, len(&place.program)) {
+            place.program.slide = p.wrapping_sub(a.program_lo as usize);
+        }
+    }
+    if place.program.slide == 0 && place.window.slide == 0 {
+        return place;
     }
     place.brk_gap = ((r >> 40) as usize % BRK_PAGES) * PAGE;
     place.moved = true;
     for m in desc::table::<Move>(d, a.moves) {
         let to = place.at(m.addr);
+        if to == m.addr as usize {
+            continue;
+        }
         let flags = (g::MREMAP_MAYMOVE | g::MREMAP_FIXED) as usize;
         // SAFETY: `m` is one range the kernel mapped from a PT_LOAD of this file, inside
         // one mapping (builder `relocs.rs`, `moves`), so mremap may move it (linux

@@ -13,7 +13,7 @@ pub fn seal(d: &'static Descriptor, place: &Place) {
     for p in desc::table::<Protect>(d, d.protect) {
         let addr = place.at(p.addr);
         if p.prot == PROT_UNMAP_MOVED {
-            if place.moved {
+            if place.part_moved(p.addr) {
                 // SAFETY: the range is a gap between two moved parts of the image, inside
                 // the room `place::randomise` reserved for them: nothing else is there.
                 let ret = unsafe { sys::munmap(addr, p.len as usize) };

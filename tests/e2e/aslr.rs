@@ -512,3 +512,42 @@ fn trace_reports_the_relocations_applied() {
         );
     }
 }
+
+/// Under an address-space limit (`ulimit -v`) the stub's reservations count while the image
+/// is still where the file put it. At every limit from 4 to 64 MiB at which the original
+/// runs, the packed program runs too (a part with no room to move stays where it is), and
+/// prints the same five lines.
+#[test]
+fn runs_under_an_address_space_limit_like_the_original() {
+    for arch in [Arch::X86_64, Arch::I386] {
+        let orig = orig_pie(arch);
+        let packed = packed(&orig, &[]);
+        let mut ran = 0;
+        for kib in (4..=64).step_by(4).map(|mib| mib * 1024) {
+            let limited = |prog: &std::path::Path| {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg(format!("ulimit -v {kib} && exec \"$0\""))
+                    .arg(prog)
+                    .env_clear()
+                    .envs(test_env());
+                run_cmd(cmd, b"")
+            };
+            let o = limited(&orig);
+            if o.code != Some(0) {
+                continue;
+            }
+            ran += 1;
+            let p = limited(&packed);
+            assert_eq!(
+                p.code,
+                Some(0),
+                "{} under ulimit -v {kib}: the original runs, the packed program does not: {}",
+                arch.tag(),
+                p.stderr
+            );
+            layout(&format!("{} ulimit -v {kib}", arch.tag()), &p);
+        }
+        assert!(ran > 0, "{}: the original ran at no limit", arch.tag());
+    }
+}
