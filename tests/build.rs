@@ -3,6 +3,23 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Builds the C program `src` as `NAME-pie` and `NAME-nopie` in `out`.
+fn pie_and_nopie(m32: bool, src: &Path, libs: &[&str], out: &Path, name: &str) {
+    for (pie, flags) in [
+        ("pie", ["-fPIE", "-pie"]),
+        ("nopie", ["-fno-pie", "-no-pie"]),
+    ] {
+        compile(
+            false,
+            m32,
+            &flags,
+            &[src],
+            libs,
+            &out.join(format!("{name}-{pie}")),
+        );
+    }
+}
+
 fn compile(cpp: bool, m32: bool, flags: &[&str], srcs: &[&Path], libs: &[&str], out: &Path) {
     let tool = cc::Build::new()
         .cpp(cpp)
@@ -144,19 +161,13 @@ fn main() {
             &out.join(format!("lazy-{arch}")),
         );
         // Where the program, libc, TLS and the heap lie in one run (tests/e2e/aslr.rs).
-        for (pie, flags) in [
-            ("pie", ["-fPIE", "-pie"]),
-            ("nopie", ["-fno-pie", "-no-pie"]),
-        ] {
-            compile(
-                false,
-                m32,
-                &flags,
-                &[&dir.join("aslr.c")],
-                &["-ldl"],
-                &out.join(format!("aslr-{arch}-{pie}")),
-            );
-        }
+        pie_and_nopie(
+            m32,
+            &dir.join("aslr.c"),
+            &["-ldl"],
+            &out,
+            &format!("aslr-{arch}"),
+        );
         // A program with RUNPATH $ORIGIN/plugins, a plugin next to it (in the capture
         // directory) and another build of the plugin for the tests to place elsewhere.
         let origin = out.join(format!("origin-{arch}"));
@@ -220,19 +231,7 @@ fn main() {
         );
         drop_gnu_stack(&nostack);
         // The hardening tests' fixture (tests/e2e/hardening.rs).
-        for (pie, flags) in [
-            ("pie", ["-fPIE", "-pie"]),
-            ("nopie", ["-fno-pie", "-no-pie"]),
-        ] {
-            compile(
-                false,
-                m32,
-                &flags,
-                &[&hardening],
-                &[],
-                &out.join(format!("hardening-{arch}-{pie}")),
-            );
-        }
+        pie_and_nopie(m32, &hardening, &[], &out, &format!("hardening-{arch}"));
         // Linked at the lowest address the kernel maps: no room below it for an i386 stub.
         compile(
             false,
