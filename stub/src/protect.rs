@@ -14,8 +14,10 @@ pub fn seal(d: &'static Descriptor, place: &Place) {
         let addr = place.at(p.addr);
         if p.prot == PROT_UNMAP_MOVED {
             if place.part_moved(p.addr) {
-                // SAFETY: the range is a gap between two moved parts of the image, inside
-                // the room `place::randomise` reserved for them: nothing else is there.
+                // SAFETY: the range is a gap between two moved ranges of one part of the
+                // image, inside the PROT_NONE room `place::randomise` reserved for it:
+                // nothing else is mapped there, and munmap of part of a mapping leaves the
+                // rest intact (linux `mm/mmap.c`, `do_vmi_munmap`).
                 let ret = unsafe { sys::munmap(addr, p.len as usize) };
                 fail::check(ret, "cannot unmap a gap in the moved image");
             }
