@@ -48,21 +48,17 @@ pub fn reserved_len(a: &Analysed, target: &Target, protect: usize) -> u64 {
         + vdso_entries(a).len() * (size_of::<VdsoSlot>() + SLOT_WORD)
         + (protect + 1) * size_of::<Protect>()
         + strings_len(a, target)
-        + a.aslr
-            .as_ref()
-            .map_or(0, |x| aslr_len(x, a.image.arch.word() as u64))
+        + a.aslr.as_ref().map_or(0, aslr_len)
         + RESERVE_SLACK;
     align_up(len as u64, PAGE)
 }
 
-/// The most bytes the tables of address randomisation take: the relocations, and for each
-/// segment up to two moves and a gap to unmap.
-fn aslr_len(x: &Aslr, word: u64) -> usize {
-    let relocs: usize = PAIRS
-        .iter()
-        .map(|&(f, t)| x.table(f, t, word).len() * size_of::<u64>() + 8)
-        .sum();
-    relocs + MAX_PHDRS * (2 * size_of::<abi::Move>() + size_of::<Protect>())
+/// The most bytes the tables of address randomisation take: at most one RELR entry per
+/// relocation (and alignment for each table), and for each segment up to two moves and a
+/// gap to unmap. A bound, so that the relocations are encoded once, by [`encode`].
+fn aslr_len(x: &Aslr) -> usize {
+    (x.relocs.len() + PAIRS.len()) * size_of::<u64>()
+        + MAX_PHDRS * (2 * size_of::<abi::Move>() + size_of::<Protect>())
 }
 
 /// The relocation tables' order in [`abi::Aslr::relocs`]: (part of the word, part it

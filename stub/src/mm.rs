@@ -43,7 +43,7 @@ pub fn restore_brk_and_ranges(d: &Descriptor, st: &InitialStack, place: &Place) 
     let (arg_start, arg_end, env_start, env_end) = st.strings_end();
     let (start_brk, brk) = if d.mm.brk != 0 {
         (place.at(d.mm.start_brk) as u64, place.at(d.mm.brk) as u64)
-    } else if place.moved {
+    } else if place.moved() {
         // The image moved: the break starts after the program, at a random page offset,
         // as the kernel starts the original's (linux `fs/binfmt_elf.c`, `load_elf_binary`,
         // `arch_randomize_brk`).

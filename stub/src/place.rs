@@ -47,8 +47,6 @@ impl Part {
 pub struct Place {
     program: Part,
     window: Part,
-    /// Whether the image moved (the break then goes after the program).
-    pub moved: bool,
     /// A random page offset for the start of the program break, when the image moved.
     pub brk_gap: usize,
     /// Relocated words, for `ELFPACK_TRACE`.
@@ -68,7 +66,6 @@ impl Place {
                 hi: a.window_hi,
                 slide: 0,
             },
-            moved: false,
             brk_gap: 0,
             relocated: 0,
         }
@@ -89,6 +86,11 @@ impl Place {
     /// of the image's parts moves with it; any other (0, the stub's, the stack's) stays.
     pub fn at(&self, addr: u64) -> usize {
         (addr as usize).wrapping_add(self.slide(addr))
+    }
+
+    /// Whether any part of the image moved (the break then goes after the program).
+    pub fn moved(&self) -> bool {
+        self.program.slide != 0 || self.window.slide != 0
     }
 
     /// Whether the part that holds `addr` moved in this run.
@@ -163,11 +165,10 @@ pub fn randomise(d: &'static Descriptor, st: &InitialStack) -> Place {
             place.program.slide = p.wrapping_sub(a.program_lo as usize);
         }
     }
-    if place.program.slide == 0 && place.window.slide == 0 {
+    if !place.moved() {
         return place;
     }
     place.brk_gap = ((r >> 40) as usize % BRK_PAGES) * PAGE;
-    place.moved = true;
     for m in desc::table::<Move>(d, a.moves) {
         let to = place.at(m.addr);
         if to == m.addr as usize {
@@ -201,9 +202,13 @@ pub fn randomise(d: &'static Descriptor, st: &InitialStack) -> Place {
         }
     }
     let parts = [place.program, place.window];
+    let word = core::mem::size_of::<usize>() as u64;
     for (i, t) in a.relocs.iter().enumerate() {
         let (from, to) = (parts[i / 2], parts[i % 2]);
-        let word = core::mem::size_of::<usize>() as u64;
+        if to.slide == 0 {
+            // Its words keep their values: writing them would only fault their pages in.
+            continue;
+        }
         let mut n = 0;
         relr::for_each(desc::table::<u64>(d, *t), word, |addr| {
             let p = (addr as usize).wrapping_add(from.slide) as *mut usize;
